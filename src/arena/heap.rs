@@ -1,0 +1,330 @@
+//! A two-level segregated-fit (TLSF) heap over arena offsets: O(1) allocate and free with
+//! immediate coalescing. All metadata lives in the arena (`Meta` in the header plus a 16-byte
+//! header per block); every change goes through the undo log.
+//!
+//! Block at offset `b`: `[prev_phys: u64][size | flags: u64][payload ...]`. `prev_phys` is valid
+//! only when the previous block is free. Free blocks keep `next_free` and `prev_free` (offsets,
+//! 0 = none) in the first 16 bytes of their payload.
+
+use crate::arena::layout::{self as l, round_up, ALIGN, FL_SHIFT, SL_COUNT, SL_LOG2, SMALL_BLOCK};
+use crate::arena::region::{Region, Tx};
+use crate::error::{Error, Result};
+
+const HDR: u64 = 16;
+const MIN_PAYLOAD: u64 = 16;
+const FREE: u64 = 1;
+const PREV_FREE: u64 = 2;
+const FLAGS: u64 = FREE | PREV_FREE;
+
+fn size_of_block(r: &Region, b: u64) -> u64 {
+    r.load(b + 8) & !FLAGS
+}
+fn flags(r: &Region, b: u64) -> u64 {
+    r.load(b + 8) & FLAGS
+}
+fn next_phys(r: &Region, b: u64) -> u64 {
+    b + HDR + size_of_block(r, b)
+}
+
+fn set_size_flags(tx: &mut Tx, b: u64, size: u64, flags: u64) -> Result<()> {
+    tx.set(b + 8, size | flags)
+}
+fn set_flag(tx: &mut Tx, b: u64, flag: u64, on: bool) -> Result<()> {
+    let v = tx.get(b + 8);
+    tx.set(b + 8, if on { v | flag } else { v & !flag })
+}
+
+/// First- and second-level class of a block of payload `size`.
+fn mapping(size: u64) -> (usize, usize) {
+    if size < SMALL_BLOCK {
+        (0, (size / (SMALL_BLOCK / SL_COUNT as u64)) as usize)
+    } else {
+        let fl = 63 - size.leading_zeros();
+        let sl = ((size >> (fl - SL_LOG2)) ^ (1 << SL_LOG2)) as usize;
+        ((fl - (FL_SHIFT - 1)) as usize, sl)
+    }
+}
+
+/// Class to search so that any block found there fits `size`.
+fn mapping_search(size: u64) -> (usize, usize) {
+    if size < SMALL_BLOCK {
+        mapping(size)
+    } else {
+        let round = (1u64 << (63 - size.leading_zeros() - SL_LOG2)) - 1;
+        mapping(size + round)
+    }
+}
+
+fn head_off(fl: usize, sl: usize) -> u64 {
+    l::HEADS + ((fl * SL_COUNT + sl) as u64) * 8
+}
+fn sl_off(fl: usize) -> u64 {
+    l::SL_BITMAP + fl as u64 * 8
+}
+
+fn insert_free(tx: &mut Tx, b: u64) -> Result<()> {
+    let (fl, sl) = mapping(size_of_block(tx.region(), b));
+    let head = tx.get(head_off(fl, sl));
+    tx.set(b + HDR, head)?;
+    tx.set(b + HDR + 8, 0)?;
+    if head != 0 {
+        tx.set(head + HDR + 8, b)?;
+    }
+    tx.set(head_off(fl, sl), b)?;
+    tx.set(sl_off(fl), tx.get(sl_off(fl)) | (1 << sl))?;
+    tx.set(l::FL_BITMAP, tx.get(l::FL_BITMAP) | (1 << fl))
+}
+
+fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
+    let (fl, sl) = mapping(size_of_block(tx.region(), b));
+    let next = tx.get(b + HDR);
+    let prev = tx.get(b + HDR + 8);
+    if next != 0 {
+        tx.set(next + HDR + 8, prev)?;
+    }
+    if prev != 0 {
+        tx.set(prev + HDR, next)?;
+    } else {
+        tx.set(head_off(fl, sl), next)?;
+        if next == 0 {
+            let slmap = tx.get(sl_off(fl)) & !(1 << sl);
+            tx.set(sl_off(fl), slmap)?;
+            if slmap == 0 {
+                tx.set(l::FL_BITMAP, tx.get(l::FL_BITMAP) & !(1 << fl))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A free block whose payload is at least `size`, or None.
+fn find_suitable(r: &Region, size: u64) -> Option<u64> {
+    let (mut fl, sl) = mapping_search(size);
+    if fl >= l::FL_COUNT {
+        return None;
+    }
+    let mut slmap = r.load(sl_off(fl)) & (!0u64 << sl);
+    if slmap == 0 {
+        let flmap = r.load(l::FL_BITMAP) & (!0u64).checked_shl(fl as u32 + 1).unwrap_or(0);
+        if flmap == 0 {
+            return None;
+        }
+        fl = flmap.trailing_zeros() as usize;
+        slmap = r.load(sl_off(fl));
+    }
+    let sl = slmap.trailing_zeros() as usize;
+    Some(r.load(head_off(fl, sl)))
+}
+
+/// Lays out an empty heap in `[heap_offset, heap_end)`: one free block and the sentinel.
+/// Runs on fresh memory before anyone else can see the arena, so it writes without logging.
+pub(crate) fn init(r: &Region, heap_offset: u64, heap_end: u64) {
+    let first_size = heap_end - heap_offset - 2 * HDR;
+    let sentinel = heap_end - HDR;
+    r.store(heap_offset + 8, first_size | FREE);
+    r.store(sentinel, heap_offset);
+    r.store(sentinel + 8, PREV_FREE);
+    let (fl, sl) = mapping(first_size);
+    r.store(head_off(fl, sl), heap_offset);
+    r.store(sl_off(fl), 1 << sl);
+    r.store(l::FL_BITMAP, 1 << fl);
+    r.store(l::PRISTINE_FROM, heap_offset + HDR + MIN_PAYLOAD);
+}
+
+/// Bytes the heap can hand out in total (all blocks with their headers, minus the sentinel).
+pub(crate) fn capacity(r: &Region) -> u64 {
+    r.load(l::HEAP_END) - r.load(l::HEAP_OFFSET) - HDR
+}
+
+/// Allocates a zeroed block with at least `size` payload bytes, 16-byte aligned. Returns the
+/// payload offset. Cost: O(1) plus zeroing the part of the block that was used before.
+pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
+    let r = *tx.region();
+    let want = round_up(size.max(MIN_PAYLOAD), ALIGN);
+    let Some(b) = find_suitable(&r, want) else {
+        return Err(out_of_space(&r, want + HDR));
+    };
+    remove_free(tx, b)?;
+    let have = size_of_block(&r, b);
+    if have - want >= HDR + MIN_PAYLOAD {
+        // Split: the tail becomes a free block of its own. Its neighbour after it is in use
+        // (free neighbours are always merged), so only that neighbour's back link changes.
+        let rest = b + HDR + want;
+        let rest_size = have - want - HDR;
+        set_size_flags(tx, rest, rest_size, FREE)?;
+        let after = rest + HDR + rest_size;
+        tx.set(after, rest)?;
+        set_size_flags(tx, b, want, flags(&r, b))?;
+        insert_free(tx, rest)?;
+    } else {
+        set_flag(tx, next_phys(&r, b), PREV_FREE, false)?;
+    }
+    set_flag(tx, b, FREE, false)?;
+    let total = size_of_block(&r, b) + HDR;
+    tx.set(l::USED, tx.get(l::USED) + total)?;
+    r.fetch_max(l::HIGH_WATER, tx.get(l::USED));
+
+    let payload = b + HDR;
+    let end = payload + size_of_block(&r, b);
+    let pristine = r.load(l::PRISTINE_FROM);
+    if payload < pristine {
+        r.zero(payload, end.min(pristine) - payload);
+    }
+    // Raised without logging and before anything is written: if this update is rolled back,
+    // the mark stays conservatively high (more zeroing later, never stale bytes handed out).
+    r.fetch_max(l::PRISTINE_FROM, (end + HDR + MIN_PAYLOAD).min(r.load(l::HEAP_END)));
+    Ok(payload)
+}
+
+/// Frees the block whose payload is at `payload`, merging it with free neighbours.
+pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
+    let r = *tx.region();
+    let mut b = payload - HDR;
+    if flags(&r, b) & FREE != 0 {
+        return Err(Error::Corrupted(format!("block at offset {b} freed twice")));
+    }
+    tx.set(l::USED, tx.get(l::USED) - (size_of_block(&r, b) + HDR))?;
+    let mut size = size_of_block(&r, b);
+    let mut fl = flags(&r, b) & PREV_FREE;
+    if fl & PREV_FREE != 0 {
+        let prev = r.load(b);
+        remove_free(tx, prev)?;
+        size += HDR + size_of_block(&r, prev);
+        fl = flags(&r, prev) & PREV_FREE;
+        b = prev;
+    }
+    let next = b + HDR + size;
+    if flags(&r, next) & FREE != 0 {
+        remove_free(tx, next)?;
+        size += HDR + size_of_block(&r, next);
+    }
+    set_size_flags(tx, b, size, fl | FREE)?;
+    let after = b + HDR + size;
+    tx.set(after, b)?;
+    set_flag(tx, after, PREV_FREE, true)?;
+    insert_free(tx, b)
+}
+
+/// Total free bytes (payload plus header of every free block) and the largest free payload.
+pub(crate) fn free_space(r: &Region) -> (u64, u64) {
+    let free = capacity(r) - r.load(l::USED);
+    let flmap = r.load(l::FL_BITMAP);
+    if flmap == 0 {
+        return (free, 0);
+    }
+    let fl = 63 - flmap.leading_zeros() as usize;
+    let slmap = r.load(sl_off(fl));
+    let sl = 63 - slmap.leading_zeros() as usize;
+    let mut largest = 0;
+    let mut b = r.load(head_off(fl, sl));
+    while b != 0 {
+        largest = largest.max(size_of_block(r, b));
+        b = r.load(b + HDR);
+    }
+    (free, largest)
+}
+
+fn out_of_space(r: &Region, requested: u64) -> Error {
+    let (free, largest_free) = free_space(r);
+    Error::OutOfSpace {
+        requested,
+        largest_free,
+        free,
+        capacity: capacity(r),
+    }
+}
+
+/// Walks every block and free list and checks that they agree: blocks tile the heap exactly,
+/// no two free blocks touch, flags and back links match, every free block is on the list of
+/// its class, the bitmaps match the lists, and `used` matches the blocks in use.
+pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
+    let bad = |msg: String| Err(Error::Corrupted(msg));
+    let start = r.load(l::HEAP_OFFSET);
+    let end = r.load(l::HEAP_END);
+    let sentinel = end - HDR;
+    let mut report = HeapReport::default();
+    let mut b = start;
+    let mut prev_free: Option<u64> = None;
+    while b != sentinel {
+        if b > sentinel {
+            return bad(format!("block chain overruns the heap at offset {b}"));
+        }
+        let size = size_of_block(r, b);
+        let f = flags(r, b);
+        if (f & PREV_FREE != 0) != prev_free.is_some() {
+            return bad(format!("block {b}: PREV_FREE flag disagrees with its neighbour"));
+        }
+        if let Some(p) = prev_free {
+            if r.load(b) != p {
+                return bad(format!("block {b}: back link {} should be {p}", r.load(b)));
+            }
+        }
+        if f & FREE != 0 {
+            if prev_free.is_some() {
+                return bad(format!("free blocks at {} and {b} were not merged", prev_free.unwrap()));
+            }
+            report.free_blocks += 1;
+            report.free_bytes += size + HDR;
+            report.largest_free = report.largest_free.max(size);
+            prev_free = Some(b);
+        } else {
+            report.used_blocks += 1;
+            report.used_bytes += size + HDR;
+            prev_free = None;
+        }
+        b += HDR + size;
+    }
+    if (flags(r, sentinel) & PREV_FREE != 0) != prev_free.is_some() {
+        return bad("sentinel PREV_FREE flag disagrees with the last block".into());
+    }
+    if report.used_bytes != r.load(l::USED) {
+        return bad(format!(
+            "blocks in use hold {} bytes but the counter says {}",
+            report.used_bytes,
+            r.load(l::USED)
+        ));
+    }
+    let mut listed = 0;
+    let flmap = r.load(l::FL_BITMAP);
+    for fl in 0..l::FL_COUNT {
+        let slmap = r.load(sl_off(fl));
+        if (flmap >> fl & 1 == 1) != (slmap != 0) {
+            return bad(format!("first-level bitmap bit {fl} disagrees with its second level"));
+        }
+        for sl in 0..SL_COUNT {
+            let mut b = r.load(head_off(fl, sl));
+            if (slmap >> sl & 1 == 1) != (b != 0) {
+                return bad(format!("bitmap bit ({fl},{sl}) disagrees with its list"));
+            }
+            let mut prev = 0;
+            while b != 0 {
+                if b < start || b >= sentinel || flags(r, b) & FREE == 0 {
+                    return bad(format!("free list ({fl},{sl}) holds block {b} that is not free"));
+                }
+                if mapping(size_of_block(r, b)) != (fl, sl) || r.load(b + HDR + 8) != prev {
+                    return bad(format!("free list ({fl},{sl}) is mislinked at block {b}"));
+                }
+                listed += 1;
+                if listed > report.free_blocks {
+                    return bad("free lists hold more blocks than the heap".into());
+                }
+                prev = b;
+                b = r.load(b + HDR);
+            }
+        }
+    }
+    if listed != report.free_blocks {
+        return bad(format!("{} free blocks but {listed} on the free lists", report.free_blocks));
+    }
+    Ok(report)
+}
+
+/// What [`verify`] counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeapReport {
+    pub used_blocks: u64,
+    pub used_bytes: u64,
+    pub free_blocks: u64,
+    pub free_bytes: u64,
+    pub largest_free: u64,
+}

@@ -1,0 +1,161 @@
+//! The in-arena layout, version 1. Everything here is `#[repr(C)]`, addressed by offsets from the
+//! start of the shm object, and validated on attach. Changing any of it means bumping
+//! [`LAYOUT_VERSION`]: an attacher of another version gets a clear error instead of misreading.
+//!
+//! ```text
+//! 0               Header (identity, locks, heap metadata, undo log)
+//! buckets_offset  name directory: bucket_count u64 offsets of entry chains
+//! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]
+//! heap_end-16     sentinel block header (size 0, used)
+//! ```
+
+use std::mem::offset_of;
+
+/// First 8 bytes of every arena.
+pub const MAGIC: [u8; 8] = *b"NODESHM\0";
+/// Bumped whenever anything in this file changes meaning.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// `init_state` values.
+pub const INIT_READY: u32 = 1;
+
+/// TLSF geometry: 16-byte granules, 16 second-level classes per power of two.
+pub const ALIGN_LOG2: u32 = 4;
+pub const ALIGN: u64 = 1 << ALIGN_LOG2;
+pub const SL_LOG2: u32 = 4;
+pub const SL_COUNT: usize = 1 << SL_LOG2;
+pub const FL_SHIFT: u32 = SL_LOG2 + ALIGN_LOG2;
+pub const SMALL_BLOCK: u64 = 1 << FL_SHIFT;
+/// Enough first-level classes for arenas below 2^48 bytes.
+pub const FL_COUNT: usize = 48 - FL_SHIFT as usize + 1;
+pub const MAX_ARENA_SIZE: u64 = 1 << 48;
+
+/// Words one metadata update may change (an allocate changes about 30).
+pub const UNDO_CAPACITY: u64 = 256;
+
+pub const LABEL_LEN: usize = 256;
+pub const MUTEX_SLOT: usize = 64;
+
+/// The arena header. Immutable fields are written by the creator before `init_state` becomes
+/// READY; the rest are accessed atomically by offset (see `region.rs`).
+#[repr(C)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub layout_version: u32,
+    pub header_size: u32,
+    pub size: u64,
+    pub creator_pid: u32,
+    pub unlink_policy: u32,
+    /// Creator's start time in clock ticks since boot (/proc/PID/stat field 22): guards against
+    /// pid reuse when deciding whether the creator is gone.
+    pub creator_start_time: u64,
+    pub job_token: u64,
+    pub init_state: u32,
+    pub attach_count: u32,
+    pub created_unix_secs: u64,
+    pub bucket_count: u64,
+    pub buckets_offset: u64,
+    pub heap_offset: u64,
+    pub heap_end: u64,
+    /// What the arena is for (allocator name, scope instance), NUL-padded UTF-8.
+    pub label: [u8; LABEL_LEN],
+    /// Placement actually applied (NUL-padded UTF-8), written by the manager.
+    pub placement: [u8; LABEL_LEN],
+    pub lock: [u8; MUTEX_SLOT],
+    pub user_lock: [u8; MUTEX_SLOT],
+    pub lock_holder_pid: u32,
+    pub unlinked: u32,
+    /// With the after-attach policy: attachers (besides the creator) to wait for.
+    pub expected_peers: u32,
+    pub _reserved: u32,
+    pub recoveries: u64,
+    pub meta: Meta,
+    pub undo_len: u64,
+    pub undo: [[u64; 2]; UNDO_CAPACITY as usize],
+}
+
+/// Heap and directory metadata changed under the lock, one u64 word each.
+#[repr(C)]
+pub struct Meta {
+    pub used: u64,
+    pub live_blocks: u64,
+    pub requested: u64,
+    pub high_water: u64,
+    /// Everything in the heap from here to the sentinel has never been written: still zero from
+    /// the kernel, so allocations there need no zeroing.
+    pub pristine_from: u64,
+    pub fl_bitmap: u64,
+    pub sl_bitmap: [u64; FL_COUNT],
+    pub heads: [u64; FL_COUNT * SL_COUNT],
+}
+
+const _: () = assert!(std::mem::size_of::<nix::libc::pthread_mutex_t>() <= MUTEX_SLOT);
+const _: () = assert!(offset_of!(Header, lock) % 16 == 0);
+const _: () = assert!(offset_of!(Header, user_lock) % 16 == 0);
+
+pub const HEADER_SIZE: u64 = std::mem::size_of::<Header>() as u64;
+
+macro_rules! off {
+    ($($f:tt)+) => {
+        offset_of!(Header, $($f)+) as u64
+    };
+}
+
+pub const MAGIC_OFF: u64 = off!(magic);
+pub const VERSION_OFF: u64 = off!(layout_version);
+pub const SIZE: u64 = off!(size);
+pub const CREATOR_PID: u64 = off!(creator_pid);
+pub const CREATOR_START: u64 = off!(creator_start_time);
+pub const JOB_TOKEN: u64 = off!(job_token);
+pub const INIT_STATE: u64 = off!(init_state);
+pub const ATTACH_COUNT: u64 = off!(attach_count);
+pub const CREATED_SECS: u64 = off!(created_unix_secs);
+pub const BUCKET_COUNT: u64 = off!(bucket_count);
+pub const BUCKETS: u64 = off!(buckets_offset);
+pub const HEAP_OFFSET: u64 = off!(heap_offset);
+pub const HEAP_END: u64 = off!(heap_end);
+pub const LABEL: u64 = off!(label);
+pub const PLACEMENT: u64 = off!(placement);
+pub const LOCK: u64 = off!(lock);
+pub const USER_LOCK: u64 = off!(user_lock);
+pub const LOCK_HOLDER: u64 = off!(lock_holder_pid);
+pub const UNLINKED: u64 = off!(unlinked);
+pub const EXPECTED_PEERS: u64 = off!(expected_peers);
+pub const RECOVERIES: u64 = off!(recoveries);
+pub const USED: u64 = off!(meta.used);
+pub const LIVE_BLOCKS: u64 = off!(meta.live_blocks);
+pub const REQUESTED: u64 = off!(meta.requested);
+pub const HIGH_WATER: u64 = off!(meta.high_water);
+pub const PRISTINE_FROM: u64 = off!(meta.pristine_from);
+pub const FL_BITMAP: u64 = off!(meta.fl_bitmap);
+pub const SL_BITMAP: u64 = off!(meta.sl_bitmap);
+pub const HEADS: u64 = off!(meta.heads);
+pub const UNDO_LEN: u64 = off!(undo_len);
+pub const UNDO_ENTRIES: u64 = off!(undo);
+/// `header_size` and `unlink_policy` share words with neighbours; read them as u32.
+pub const HEADER_SIZE_OFF: u64 = off!(header_size);
+pub const UNLINK_POLICY: u64 = off!(unlink_policy);
+
+/// A named block's directory entry, at the start of its heap block; the name follows it, then
+/// padding up to the block's alignment, then the user's data.
+#[repr(C)]
+pub struct Entry {
+    pub next: u64,
+    pub hash: u64,
+    pub data_offset: u64,
+    pub size: u64,
+    pub refcount: u64,
+    pub name_len: u64,
+}
+pub const ENTRY_SIZE: u64 = std::mem::size_of::<Entry>() as u64;
+pub const E_NEXT: u64 = offset_of!(Entry, next) as u64;
+pub const E_HASH: u64 = offset_of!(Entry, hash) as u64;
+pub const E_DATA: u64 = offset_of!(Entry, data_offset) as u64;
+pub const E_SIZE: u64 = offset_of!(Entry, size) as u64;
+pub const E_REFCOUNT: u64 = offset_of!(Entry, refcount) as u64;
+pub const E_NAME_LEN: u64 = offset_of!(Entry, name_len) as u64;
+
+/// Rounds `value` up to a multiple of the power of two `align`.
+pub const fn round_up(value: u64, align: u64) -> u64 {
+    (value + align - 1) & !(align - 1)
+}

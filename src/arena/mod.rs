@@ -1,0 +1,739 @@
+//! One fixed-size shared-memory arena in one POSIX shm object, usable by any number of processes
+//! with or without MPI: a header, a TLSF heap, a name directory and a robust lock.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use nodeshm::arena::{Arena, Options, Unlink};
+//! # fn main() -> nodeshm::Result<()> {
+//! // The owner creates it...
+//! let owner = Arena::create("nodeshm-example", &Options::new(64 << 20).unlink(Unlink::OnLastDetach))?;
+//! let table = owner.allocate("table", 1 << 20)?;
+//! // ...and any other process attaches by name, waiting at most 10 s for it to appear.
+//! let user = Arena::attach("nodeshm-example", Duration::from_secs(10))?;
+//! let same = user.allocate("table", 1 << 20)?; // same name, same size: the same memory
+//! assert_eq!(table.offset(), same.offset());
+//! # Ok(()) }
+//! ```
+
+mod block;
+mod directory;
+mod heap;
+mod layout;
+mod lock;
+mod options;
+mod region;
+mod shm;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use parking_lot::Mutex;
+
+pub use block::Block;
+pub use directory::{EntryInfo, MAX_NAME_LEN};
+pub use heap::HeapReport;
+pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
+pub use options::{Options, Unlink};
+pub use shm::{backing_dir, process_start_time, DEFAULT_SHM_DIR, SHM_DIR_ENV};
+
+use crate::error::{Error, Result};
+use layout as l;
+use lock::Acquired;
+use region::{Region, Tx};
+
+/// Usage figures of an arena, read under its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Bytes the heap can hand out in total (the arena minus header and directory).
+    pub capacity: u64,
+    /// Bytes in use, including each block's header, name and alignment padding.
+    pub used: u64,
+    /// `capacity - used`.
+    pub free: u64,
+    /// The largest block that can still be allocated in one piece (payload bytes).
+    pub largest_free: u64,
+    /// Named blocks alive.
+    pub live_blocks: u64,
+    /// Sum of the sizes asked for by the live blocks.
+    pub requested: u64,
+    /// Highest `used` ever seen.
+    pub high_water: u64,
+    /// How often a process found the lock's owner dead and repaired the metadata.
+    pub recoveries: u64,
+}
+
+/// What an arena's header says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArenaInfo {
+    pub layout_version: u32,
+    pub size: u64,
+    pub creator_pid: u32,
+    pub creator_start_time: u64,
+    pub job_token: u64,
+    pub created_unix_secs: u64,
+    pub unlink: Unlink,
+    pub attach_count: u32,
+    pub unlinked: bool,
+    pub label: String,
+    pub placement: String,
+    pub bucket_count: u64,
+}
+
+/// A process's handle on one arena. Dropping it releases the references this process still
+/// holds, detaches, and applies the unlink policy.
+pub struct Arena {
+    _map: memmap2::MmapRaw,
+    region: Region,
+    path: PathBuf,
+    identity: (u64, u64),
+    creator: bool,
+    lock_timeout: Duration,
+    /// References this process holds: data offset -> (entry offset, count).
+    held: Mutex<HashMap<u64, (u64, u64)>>,
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("path", &self.path)
+            .field("size", &self.region.len())
+            .field("creator", &self.creator)
+            .finish()
+    }
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
+}
+
+fn read_str(r: &Region, off: u64) -> String {
+    let mut buf = [0u8; l::LABEL_LEN];
+    r.read_bytes(off, &mut buf);
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn write_str(r: &Region, off: u64, s: &str) {
+    let mut buf = [0u8; l::LABEL_LEN];
+    let mut n = s.len().min(l::LABEL_LEN - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+    r.write_bytes(off, &buf);
+}
+
+impl Arena {
+    /// Creates a new arena named `name` in the backing directory and returns the owner's
+    /// handle. The whole size is reserved up front.
+    ///
+    /// Fails with `AlreadyExists` if the name is taken, `NoSpaceInBacking` if the backing file
+    /// system cannot hold `options.size` bytes, `InvalidArgument` for a size too small for the
+    /// header and directory.
+    pub fn create(name: &str, options: &Options) -> Result<Arena> {
+        shm::validate_object_name(name)?;
+        let page = page_size();
+        let size = layout::round_up(options.size.max(1), page);
+        if size >= l::MAX_ARENA_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "arena size {size} bytes is above the {} bytes this layout supports",
+                l::MAX_ARENA_SIZE
+            )));
+        }
+        let buckets = options
+            .expected_names
+            .unwrap_or(size / 4096)
+            .clamp(64, 1 << 22)
+            .next_power_of_two();
+        let buckets_offset = layout::round_up(l::HEADER_SIZE, 64);
+        let heap_offset = layout::round_up(buckets_offset + buckets * 8, 64);
+        let minimum = heap_offset + 4096;
+        if size < minimum {
+            return Err(Error::InvalidArgument(format!(
+                "an arena of {size} bytes is too small: the header and a directory of {buckets} \
+                 names take {heap_offset} bytes; ask for at least {minimum} bytes"
+            )));
+        }
+        let path = shm::backing_dir(options.dir.as_deref()).join(name);
+        let file = shm::create(&path, options.mode, size)?;
+        let arena = Self::map(file, path, true, options.lock_timeout).inspect_err(|_| {
+            let _ = std::fs::remove_file(shm::backing_dir(options.dir.as_deref()).join(name));
+        })?;
+        let r = arena.region;
+        let (policy, peers) = options.unlink.encode();
+        let pid = std::process::id();
+        r.word32(l::VERSION_OFF).store(l::LAYOUT_VERSION, std::sync::atomic::Ordering::Release);
+        r.word32(l::HEADER_SIZE_OFF).store(l::HEADER_SIZE as u32, std::sync::atomic::Ordering::Release);
+        r.store(l::SIZE, size);
+        r.word32(l::CREATOR_PID).store(pid, std::sync::atomic::Ordering::Release);
+        r.word32(l::UNLINK_POLICY).store(policy, std::sync::atomic::Ordering::Release);
+        r.word32(l::EXPECTED_PEERS).store(peers, std::sync::atomic::Ordering::Release);
+        r.store(l::CREATOR_START, shm::process_start_time(pid));
+        r.store(l::JOB_TOKEN, options.job_token);
+        r.word32(l::ATTACH_COUNT).store(1, std::sync::atomic::Ordering::Release);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        r.store(l::CREATED_SECS, now);
+        r.store(l::BUCKET_COUNT, buckets);
+        r.store(l::BUCKETS, buckets_offset);
+        r.store(l::HEAP_OFFSET, heap_offset);
+        r.store(l::HEAP_END, size);
+        write_str(&r, l::LABEL, &options.label);
+        // SAFETY: both mutex slots are inside the fresh mapping, 16-byte aligned (checked at
+        // compile time in layout.rs) and not yet visible to any other process.
+        unsafe {
+            lock::init(arena.mutex(l::LOCK))?;
+            lock::init(arena.mutex(l::USER_LOCK))?;
+        }
+        heap::init(&r, heap_offset, size);
+        r.write_bytes(l::MAGIC_OFF, &l::MAGIC);
+        r.word32(l::INIT_STATE).store(l::INIT_READY, std::sync::atomic::Ordering::Release);
+        if let Unlink::AfterAttach { peers: 0 } = options.unlink {
+            arena.unlink()?;
+        }
+        Ok(arena)
+    }
+
+    /// Attaches to the arena `name` in the default backing directory, waiting up to `timeout`
+    /// for it to appear and finish initialising.
+    pub fn attach(name: &str, timeout: Duration) -> Result<Arena> {
+        Self::attach_with(name, &Options::new(0).attach_timeout(timeout))
+    }
+
+    /// Attaches with explicit options (backing directory, timeouts; the size is ignored).
+    ///
+    /// Fails with `Timeout` if the name does not appear or never becomes ready in time,
+    /// `NotAnArena` for a file that is not one (or is truncated), `Incompatible` for another
+    /// layout version.
+    pub fn attach_with(name: &str, options: &Options) -> Result<Arena> {
+        shm::validate_object_name(name)?;
+        let path = shm::backing_dir(options.dir.as_deref()).join(name);
+        Self::attach_path(&path, options.attach_timeout, options.lock_timeout)
+    }
+
+    fn attach_path(path: &Path, timeout: Duration, lock_timeout: Duration) -> Result<Arena> {
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        let mut last_state = "does not exist";
+        loop {
+            if let Some(file) = shm::open_existing(path, true)? {
+                match Self::check_ready(&file, path)? {
+                    None => {
+                        let arena = Self::map(file, path.to_path_buf(), false, lock_timeout)?;
+                        arena.count_attach()?;
+                        return Ok(arena);
+                    }
+                    Some(state) => last_state = state,
+                }
+            }
+            if start.elapsed() >= timeout {
+                let len = std::fs::metadata(path).map(|m| m.len()).ok();
+                return Err(match (last_state, len) {
+                    ("does not exist", _) | (_, None) => Error::Timeout {
+                        what: format!("waiting for arena {} to appear", path.display()),
+                        waited: timeout,
+                        hint: "check that its creator runs with the same backing directory and \
+                               name, or raise the attach timeout"
+                            .into(),
+                    },
+                    (state, Some(len)) if len < l::HEADER_SIZE => Error::NotAnArena {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "{state}: it has {len} bytes, fewer than an arena header \
+                             ({} bytes), and did not grow within {:.1} s",
+                            l::HEADER_SIZE,
+                            timeout.as_secs_f64()
+                        ),
+                    },
+                    (state, Some(_)) => Error::NotAnArena {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "{state} after {:.1} s: its creator died while creating it, or it \
+                             is some other file",
+                            timeout.as_secs_f64()
+                        ),
+                    },
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// `None` when the file is a ready arena of our layout; `Some(state)` while it may still be
+    /// being created; an error when it can never become one.
+    fn check_ready(file: &File, path: &Path) -> Result<Option<&'static str>> {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        if len < l::HEADER_SIZE {
+            return Ok(Some("is still being created"));
+        }
+        let mut head = [0u8; 32];
+        std::io::Read::read_exact(&mut &*file, &mut head)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let magic = &head[..8];
+        if magic != l::MAGIC {
+            if magic.iter().all(|&b| b == 0) {
+                return Ok(Some("never finished initialising"));
+            }
+            return Err(Error::NotAnArena {
+                path: path.to_path_buf(),
+                reason: format!("it starts with {magic:02x?}, not the nodeshm magic"),
+            });
+        }
+        let version = u32::from_ne_bytes(head[8..12].try_into().expect("4 bytes"));
+        if version != l::LAYOUT_VERSION {
+            return Err(Error::Incompatible {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it has layout version {version}, this nodeshm reads version {}; use the \
+                     nodeshm version that created it",
+                    l::LAYOUT_VERSION
+                ),
+            });
+        }
+        let size = u64::from_ne_bytes(head[16..24].try_into().expect("8 bytes"));
+        if size != len {
+            return Err(Error::NotAnArena {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "truncated or damaged: the header says {size} bytes, the file has {len} bytes"
+                ),
+            });
+        }
+        let mut state = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut state, l::INIT_STATE)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if u32::from_ne_bytes(state) != l::INIT_READY {
+            return Ok(Some("never finished initialising"));
+        }
+        Ok(None)
+    }
+
+    fn map(file: File, path: PathBuf, creator: bool, lock_timeout: Duration) -> Result<Arena> {
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let map = memmap2::MmapOptions::new()
+            .map_raw(&file)
+            .map_err(|e| Error::io(format!("mapping {} ({} bytes)", path.display(), meta.len()), e))?;
+        let base = std::ptr::NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
+        // SAFETY: the mapping is page-aligned, readable and writable, `map.len()` bytes long, and
+        // lives in `_map` for as long as the Arena (and so every Region copy it hands out).
+        let region = unsafe { Region::new(base, map.len() as u64) };
+        Ok(Arena {
+            _map: map,
+            region,
+            path,
+            identity: (meta.dev(), meta.ino()),
+            creator,
+            lock_timeout,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn count_attach(&self) -> Result<()> {
+        let count = self.region.word32(l::ATTACH_COUNT);
+        let now = count.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        if let Unlink::AfterAttach { peers } = self.info().unlink {
+            if now > peers {
+                self.unlink()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mutex(&self, off: u64) -> *mut libc::pthread_mutex_t {
+        self.region.ptr(off, l::MUTEX_SLOT as u64).as_ptr().cast()
+    }
+
+    /// Runs `update` under the arena lock as one transaction: either all of it happens or none.
+    fn locked<T>(&self, update: impl FnOnce(&mut Tx) -> Result<T>) -> Result<T> {
+        let m = self.mutex(l::LOCK);
+        let r = self.region;
+        // SAFETY: `m` is the arena mutex, initialised before the arena became ready; the
+        // mapping outlives this call.
+        let how = unsafe {
+            lock::lock(m, self.lock_timeout, "arena lock", || {
+                r.word32(l::LOCK_HOLDER).load(std::sync::atomic::Ordering::Acquire)
+            })?
+        };
+        let _unlock = scopeguard(|| {
+            r.word32(l::LOCK_HOLDER).store(0, std::sync::atomic::Ordering::Release);
+            // SAFETY: this thread took the lock above.
+            unsafe { lock::unlock(m) }
+        });
+        if how == Acquired::OwnerDied {
+            r.roll_back();
+            r.store(l::RECOVERIES, r.load(l::RECOVERIES) + 1);
+            // SAFETY: we hold the mutex after EOWNERDEAD and just undid the dead owner's update.
+            unsafe { lock::make_consistent(m) };
+        }
+        r.word32(l::LOCK_HOLDER).store(std::process::id(), std::sync::atomic::Ordering::Release);
+        let mut tx = Tx::begin(&self.region);
+        let value = update(&mut tx)?;
+        tx.commit();
+        Ok(value)
+    }
+
+    /// Returns the block `name` of `bytes` bytes aligned to 64 bytes, creating it (zeroed) if it
+    /// does not exist; takes one reference. O(1) expected.
+    ///
+    /// Fails with `SizeMismatch` if the name exists with another size, `OutOfSpace` when it does
+    /// not fit, `InvalidName`/`InvalidArgument` for a bad name or a size of 0.
+    pub fn allocate(&self, name: &str, bytes: u64) -> Result<Block<'_>> {
+        self.allocate_aligned(name, bytes, 64)
+    }
+
+    /// Like [`Arena::allocate`] with an explicit alignment: a power of two up to the page size.
+    /// An existing block must already be that aligned.
+    pub fn allocate_aligned(&self, name: &str, bytes: u64, align: u64) -> Result<Block<'_>> {
+        directory::validate_name(name)?;
+        if bytes == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "block {name:?}: size 0; ask for at least 1 byte"
+            )));
+        }
+        let page = page_size();
+        if !align.is_power_of_two() || align > page {
+            return Err(Error::InvalidArgument(format!(
+                "block {name:?}: alignment {align} is not a power of two up to the page size {page}"
+            )));
+        }
+        let align = align.max(l::ALIGN);
+        let key = name.as_bytes();
+        let h = directory::hash(key);
+        let mut held = self.held.lock();
+        let (entry, created) = self.locked(|tx| {
+            let r = *tx.region();
+            if let Some(e) = directory::lookup(&r, key, h) {
+                let existing = r.load(e + l::E_SIZE);
+                if existing != bytes {
+                    return Err(Error::SizeMismatch {
+                        name: name.into(),
+                        existing,
+                        requested: bytes,
+                    });
+                }
+                let data = r.load(e + l::E_DATA);
+                if data % align != 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "block {name:?} exists at offset {data}, which is not {align}-byte aligned; \
+                         every process must ask for it with the same alignment"
+                    )));
+                }
+                tx.set(e + l::E_REFCOUNT, r.load(e + l::E_REFCOUNT) + 1)?;
+                Ok((e, false))
+            } else {
+                Ok((directory::insert(tx, key, h, bytes, align)?, true))
+            }
+        })?;
+        let data = self.region.load(entry + l::E_DATA);
+        held.entry(data).or_insert((entry, 0)).1 += 1;
+        Ok(self.block(data, bytes, created))
+    }
+
+    /// The block `name` if it exists, taking one reference (release it with
+    /// [`Arena::deallocate`]); never creates one.
+    pub fn find(&self, name: &str) -> Result<Option<Block<'_>>> {
+        directory::validate_name(name)?;
+        let key = name.as_bytes();
+        let h = directory::hash(key);
+        let mut held = self.held.lock();
+        let found = self.locked(|tx| {
+            let r = *tx.region();
+            match directory::lookup(&r, key, h) {
+                Some(e) => {
+                    tx.set(e + l::E_REFCOUNT, r.load(e + l::E_REFCOUNT) + 1)?;
+                    Ok(Some(e))
+                }
+                None => Ok(None),
+            }
+        })?;
+        Ok(found.map(|entry| {
+            let data = self.region.load(entry + l::E_DATA);
+            held.entry(data).or_insert((entry, 0)).1 += 1;
+            self.block(data, self.region.load(entry + l::E_SIZE), false)
+        }))
+    }
+
+    /// Information about block `name` without taking a reference (for inspection only).
+    pub fn lookup(&self, name: &str) -> Result<Option<EntryInfo>> {
+        directory::validate_name(name)?;
+        let key = name.as_bytes();
+        let h = directory::hash(key);
+        self.locked(|tx| {
+            let r = *tx.region();
+            Ok(directory::lookup(&r, key, h).map(|e| directory::read_entry(&r, e)))
+        })
+    }
+
+    fn block(&self, data: u64, bytes: u64, created: bool) -> Block<'_> {
+        Block::new(self.region.ptr(data, bytes), bytes, data, created)
+    }
+
+    /// Drops one of this process's references to `block`; the last reference anywhere frees the
+    /// block and its name.
+    ///
+    /// Fails with `NotHeld` when this process holds no reference to it (a block of another
+    /// arena, or released more often than taken): nothing is changed then.
+    pub fn deallocate(&self, block: Block<'_>) -> Result<()> {
+        self.deallocate_offset(block.offset())
+    }
+
+    /// Like [`Arena::deallocate`], by the block's data pointer (for the C API).
+    pub fn deallocate_ptr(&self, ptr: *const u8) -> Result<()> {
+        let base = self.region.base().as_ptr() as usize;
+        let addr = ptr as usize;
+        if addr < base || addr >= base + self.region.len() as usize {
+            return Err(Error::NotHeld {
+                what: format!("pointer {ptr:p}"),
+                detail: format!(
+                    "it is not inside this arena ({:#x}..{:#x}); pass a pointer that allocate \
+                     returned from this allocator",
+                    base,
+                    base + self.region.len() as usize
+                ),
+            });
+        }
+        self.deallocate_offset((addr - base) as u64)
+    }
+
+    fn deallocate_offset(&self, data: u64) -> Result<()> {
+        let mut held = self.held.lock();
+        let Some(&(entry, count)) = held.get(&data) else {
+            return Err(Error::NotHeld {
+                what: format!("the block at offset {data}"),
+                detail: "this process holds no reference to it (released already, or never \
+                         allocated here); each allocate or find is released exactly once"
+                    .into(),
+            });
+        };
+        self.locked(|tx| {
+            let r = *tx.region();
+            if r.load(entry + l::E_DATA) != data {
+                return Err(Error::Corrupted(format!(
+                    "the entry of the block at offset {data} changed while this process held it"
+                )));
+            }
+            let refs = r.load(entry + l::E_REFCOUNT);
+            if refs <= 1 {
+                directory::remove(tx, entry)
+            } else {
+                tx.set(entry + l::E_REFCOUNT, refs - 1)
+            }
+        })?;
+        if count <= 1 {
+            held.remove(&data);
+        } else {
+            held.insert(data, (entry, count - 1));
+        }
+        Ok(())
+    }
+
+    /// Usage figures. Takes the lock briefly.
+    pub fn stats(&self) -> Result<Stats> {
+        self.locked(|tx| Ok(stats_of(tx.region())))
+    }
+
+    /// Bytes in use (Umpire's `getActualSize`): blocks with their metadata.
+    pub fn actual_size(&self) -> Result<u64> {
+        Ok(self.stats()?.used)
+    }
+
+    /// Every named block with its offset, size and total refcount.
+    pub fn entries(&self) -> Result<Vec<EntryInfo>> {
+        self.locked(|tx| Ok(directory::entries(tx.region())))
+    }
+
+    /// Checks the heap and directory for consistency (under the lock); returns the heap counts.
+    pub fn verify(&self) -> Result<HeapReport> {
+        self.locked(|tx| {
+            let report = heap::verify(tx.region())?;
+            directory::verify(tx.region())?;
+            Ok(report)
+        })
+    }
+
+    /// What the header says.
+    pub fn info(&self) -> ArenaInfo {
+        info_of(&self.region)
+    }
+
+    /// The arena's path in its backing directory (the name may be unlinked already).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The arena's total size in bytes (header included).
+    pub fn size(&self) -> u64 {
+        self.region.len()
+    }
+
+    /// Whether this handle created the arena.
+    pub fn is_creator(&self) -> bool {
+        self.creator
+    }
+
+    /// Base address of this process's mapping (differs between processes; offsets do not).
+    pub fn base_ptr(&self) -> *mut u8 {
+        self.region.base().as_ptr()
+    }
+
+    /// Removes the arena's name from the backing directory; mappings stay valid. Idempotent, and
+    /// never removes a different file that took the name since.
+    pub fn unlink(&self) -> Result<()> {
+        let still_ours = std::fs::metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.identity)
+            .unwrap_or(false);
+        if still_ours {
+            shm::unlink(&self.path)?;
+        }
+        self.region.word32(l::UNLINKED).store(1, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Records the memory placement that was applied (shown by `nodeshm stat`).
+    pub fn set_placement(&self, text: &str) {
+        write_str(&self.region, l::PLACEMENT, text);
+    }
+
+    /// Takes the arena's user lock (a second robust mutex, separate from the metadata lock),
+    /// waiting at most `timeout`. Use it to guard your own data in the arena.
+    pub fn lock_user(&self, timeout: Duration) -> Result<UserLock<'_>> {
+        let m = self.mutex(l::USER_LOCK);
+        // SAFETY: the user mutex was initialised before the arena became ready.
+        let how = unsafe { lock::lock(m, timeout, "user lock", || 0)? };
+        if how == Acquired::OwnerDied {
+            // SAFETY: we hold it after EOWNERDEAD; the user is told through the guard.
+            unsafe { lock::make_consistent(m) };
+        }
+        Ok(UserLock {
+            arena: self,
+            owner_died: how == Acquired::OwnerDied,
+        })
+    }
+
+    /// Test support: takes the arena lock, starts creating block `name` and stops halfway
+    /// (some metadata words changed, the update not committed), calls `halted`, then sleeps
+    /// forever. Tests kill the process at that point to check crash recovery.
+    #[doc(hidden)]
+    pub fn __halt_mid_update(&self, name: &str, bytes: u64, halted: impl FnOnce()) -> Result<()> {
+        self.locked(|tx| {
+            let key = name.as_bytes();
+            directory::insert(tx, key, directory::hash(key), bytes, 64)?;
+            halted();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        })
+    }
+}
+
+/// Held user lock; released on drop.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct UserLock<'a> {
+    arena: &'a Arena,
+    owner_died: bool,
+}
+
+impl UserLock<'_> {
+    /// True if the previous holder died holding the lock: the data it guards may be half-written.
+    pub fn previous_owner_died(&self) -> bool {
+        self.owner_died
+    }
+}
+
+impl Drop for UserLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard exists only while this thread holds the user lock.
+        unsafe { lock::unlock(self.arena.mutex(l::USER_LOCK)) }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let held: Vec<(u64, u64)> = self.held.lock().iter().map(|(&d, &(_, c))| (d, c)).collect();
+        for (data, count) in held {
+            for _ in 0..count {
+                if self.deallocate_offset(data).is_err() {
+                    break;
+                }
+            }
+        }
+        let remaining = self
+            .region
+            .word32(l::ATTACH_COUNT)
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            - 1;
+        let unlink = match self.info().unlink {
+            Unlink::OnLastDetach => remaining == 0,
+            // The creator never leaves a name behind that peers failed to attach to.
+            Unlink::AfterAttach { .. } => self.creator,
+            Unlink::Never => false,
+        };
+        if unlink {
+            let _ = self.unlink();
+        }
+    }
+}
+
+pub(crate) fn stats_of(r: &Region) -> Stats {
+    let (free, largest_free) = heap::free_space(r);
+    Stats {
+        capacity: heap::capacity(r),
+        used: r.load(l::USED),
+        free,
+        largest_free,
+        live_blocks: r.load(l::LIVE_BLOCKS),
+        requested: r.load(l::REQUESTED),
+        high_water: r.load(l::HIGH_WATER),
+        recoveries: r.load(l::RECOVERIES),
+    }
+}
+
+pub(crate) fn info_of(r: &Region) -> ArenaInfo {
+    use std::sync::atomic::Ordering::Acquire;
+    ArenaInfo {
+        layout_version: r.word32(l::VERSION_OFF).load(Acquire),
+        size: r.load(l::SIZE),
+        creator_pid: r.word32(l::CREATOR_PID).load(Acquire),
+        creator_start_time: r.load(l::CREATOR_START),
+        job_token: r.load(l::JOB_TOKEN),
+        created_unix_secs: r.load(l::CREATED_SECS),
+        unlink: Unlink::decode(
+            r.word32(l::UNLINK_POLICY).load(Acquire),
+            r.word32(l::EXPECTED_PEERS).load(Acquire),
+        ),
+        attach_count: r.word32(l::ATTACH_COUNT).load(Acquire),
+        unlinked: r.word32(l::UNLINKED).load(Acquire) != 0,
+        label: read_str(r, l::LABEL),
+        placement: read_str(r, l::PLACEMENT),
+        bucket_count: r.load(l::BUCKET_COUNT),
+    }
+}
+
+/// Runs a closure on drop (unlocking on every exit path, including `?`).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,128 @@
+//! How an arena is created and attached.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When the arena's name disappears from the backing directory. Mappings stay valid either way;
+/// the memory is freed by the kernel when the name is gone and the last mapping is unmapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlink {
+    /// As soon as `peers` processes besides the creator have attached (the last of them unlinks;
+    /// with 0 the creator unlinks right after creating). From then on a crash of any process
+    /// leaks nothing. If the creator's handle is dropped first, the creator unlinks.
+    AfterAttach { peers: u32 },
+    /// When the last attached handle is dropped (a process killed while attached leaves the name
+    /// behind: `nodeshm gc` removes it).
+    OnLastDetach,
+    /// Never: the arena persists until removed (`nodeshm gc`, `rm`), e.g. for tools.
+    Never,
+}
+
+impl Unlink {
+    pub(crate) fn encode(self) -> (u32, u32) {
+        match self {
+            Unlink::AfterAttach { peers } => (0, peers),
+            Unlink::OnLastDetach => (1, 0),
+            Unlink::Never => (2, 0),
+        }
+    }
+
+    pub(crate) fn decode(policy: u32, peers: u32) -> Self {
+        match policy {
+            0 => Unlink::AfterAttach { peers },
+            1 => Unlink::OnLastDetach,
+            _ => Unlink::Never,
+        }
+    }
+}
+
+impl std::fmt::Display for Unlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unlink::AfterAttach { peers } => write!(f, "after-attach ({peers} peers)"),
+            Unlink::OnLastDetach => f.write_str("on-last-detach"),
+            Unlink::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// Options for [`crate::arena::Arena::create`] and [`crate::arena::Arena::attach_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) size: u64,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) mode: u32,
+    pub(crate) unlink: Unlink,
+    pub(crate) job_token: u64,
+    pub(crate) label: String,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) attach_timeout: Duration,
+    pub(crate) expected_names: Option<u64>,
+}
+
+impl Options {
+    /// An arena of `size` bytes (rounded up to the page size), mode 0600, in the default
+    /// backing directory, unlinked on last detach, 30 s lock and attach timeouts.
+    pub fn new(size: u64) -> Self {
+        Options {
+            size,
+            dir: None,
+            mode: 0o600,
+            unlink: Unlink::OnLastDetach,
+            job_token: 0,
+            label: String::new(),
+            lock_timeout: Duration::from_secs(30),
+            attach_timeout: Duration::from_secs(30),
+            expected_names: None,
+        }
+    }
+
+    /// Backing directory (default: `$NODESHM_SHM_DIR`, else `/dev/shm`).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// File mode of the shm object (default 0o600: only this user).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Unlink policy.
+    pub fn unlink(mut self, unlink: Unlink) -> Self {
+        self.unlink = unlink;
+        self
+    }
+
+    /// A token recorded in the header (the MPI layer puts the job's token here).
+    pub fn job_token(mut self, token: u64) -> Self {
+        self.job_token = token;
+        self
+    }
+
+    /// A free-form description recorded in the header (at most 255 bytes are kept).
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Longest wait for the arena lock.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for an arena to appear when attaching.
+    pub fn attach_timeout(mut self, timeout: Duration) -> Self {
+        self.attach_timeout = timeout;
+        self
+    }
+
+    /// Size the name directory for about this many names (default: one per 4 KiB of arena).
+    /// More names still work, with longer hash chains.
+    pub fn expected_names(mut self, names: u64) -> Self {
+        self.expected_names = Some(names);
+        self
+    }
+}

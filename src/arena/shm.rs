@@ -1,0 +1,131 @@
+//! The shm object behind an arena: a file in the backing directory (`/dev/shm` unless told
+//! otherwise), created exclusively, fully reserved, and mapped shared.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::error::{Error, Result};
+
+/// Environment variable that overrides the default backing directory.
+pub const SHM_DIR_ENV: &str = "NODESHM_SHM_DIR";
+/// The default backing directory.
+pub const DEFAULT_SHM_DIR: &str = "/dev/shm";
+
+/// The backing directory: the explicit one, else `$NODESHM_SHM_DIR`, else `/dev/shm`.
+pub fn backing_dir(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(SHM_DIR_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SHM_DIR))
+}
+
+/// Checks an shm object name: one path component of 1..=255 bytes.
+pub(crate) fn validate_object_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() || name.len() > 255 {
+        Some(format!("shm names are 1 to 255 bytes, this one is {}", name.len()))
+    } else if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        Some("shm names are one file name: no '/', no NUL, not '.' or '..'".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Free bytes in the file system holding `dir`.
+pub(crate) fn available_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Creates `path` exclusively with exactly `mode` and reserves `size` bytes, so that a full
+/// backing file system is an error now rather than a SIGBUS on first touch. On failure nothing
+/// is left behind.
+pub(crate) fn create(path: &Path, mode: u32, size: u64) -> Result<File> {
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(path, flags, Mode::from_bits_truncate(mode)).map_err(|e| match e {
+        Errno::EEXIST => Error::AlreadyExists(format!("shm object {}", path.display())),
+        Errno::ENOENT => Error::io(
+            format!(
+                "creating {} (does the backing directory exist? set {SHM_DIR_ENV} or the \
+                 backing directory option)",
+                path.display()
+            ),
+            e,
+        ),
+        e => Error::io(format!("creating {}", path.display()), e),
+    })?;
+    let file = File::from(fd);
+    let reserve = || -> Result<()> {
+        // umask may have cleared bits the caller asked for (e.g. 0660 for a group).
+        nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
+            .map_err(|e| Error::io(format!("setting mode {mode:o} on {}", path.display()), e))?;
+        let len = i64::try_from(size)
+            .map_err(|_| Error::InvalidArgument(format!("arena size {size} is too large")))?;
+        match nix::fcntl::posix_fallocate(file.as_fd(), 0, len) {
+            Ok(()) => Ok(()),
+            Err(Errno::ENOSPC) | Err(Errno::EFBIG) => Err(Error::NoSpaceInBacking {
+                dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                requested: size,
+                available: path.parent().and_then(available_bytes).unwrap_or(0),
+            }),
+            Err(e) => Err(Error::io(
+                format!("reserving {size} bytes for {}", path.display()),
+                e,
+            )),
+        }
+    };
+    if let Err(e) = reserve() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
+}
+
+/// Opens an existing shm object read-write; `Ok(None)` when it does not exist (yet).
+pub(crate) fn open_existing(path: &Path, writable: bool) -> Result<Option<File>> {
+    let access = if writable { OFlag::O_RDWR } else { OFlag::O_RDONLY };
+    match nix::fcntl::open(path, access | OFlag::O_CLOEXEC, Mode::empty()) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::EACCES) => Err(Error::io(
+            format!(
+                "opening {} (it belongs to another user or its mode does not let you in)",
+                path.display()
+            ),
+            Errno::EACCES,
+        )),
+        Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+    }
+}
+
+/// Removes a named shm object; a missing one is not an error (someone else unlinked it).
+pub(crate) fn unlink(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("unlinking {}", path.display()), e)),
+    }
+}
+
+/// This process's start time in clock ticks since boot, from /proc (0 if unreadable).
+pub fn process_start_time(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Field 2 (comm) may contain spaces and parentheses: count fields after the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,235 @@
+//! Unit and property tests of the heap and directory, on arenas in a private temp directory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::ErrorCode;
+
+/// A private backing directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "nodeshm-unit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn options(&self, size: u64) -> Options {
+        Options::new(size).dir(&self.0)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn same_name_same_block_and_refcounts() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let a = arena.allocate("table", 1000).unwrap();
+    let b = arena.allocate("table", 1000).unwrap();
+    assert!(a.created() && !b.created());
+    assert_eq!(a.offset(), b.offset());
+    assert_eq!(a.offset() % 64, 0);
+    let entries = arena.entries().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].name.as_str(), entries[0].size, entries[0].refcount), ("table", 1000, 2));
+    arena.deallocate(a).unwrap();
+    assert_eq!(arena.lookup("table").unwrap().unwrap().refcount, 1);
+    arena.deallocate(b).unwrap();
+    assert!(arena.lookup("table").unwrap().is_none());
+    let err = arena.deallocate(b).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotHeld, "{err}");
+    let report = arena.verify().unwrap();
+    assert_eq!(report.free_blocks, 1);
+    assert_eq!(report.used_bytes, 0);
+}
+
+#[test]
+fn size_mismatch_names_both_sizes() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let _a = arena.allocate("x", 128).unwrap();
+    let err = arena.allocate("x", 256).unwrap_err();
+    match &err {
+        Error::SizeMismatch { existing, requested, .. } => assert_eq!((*existing, *requested), (128, 256)),
+        other => panic!("expected SizeMismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("128") && err.to_string().contains("256"));
+}
+
+#[test]
+fn out_of_space_reports_the_numbers() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let stats = arena.stats().unwrap();
+    let err = arena.allocate("big", 2 << 20).unwrap_err();
+    match err {
+        Error::OutOfSpace { requested, largest_free, free, capacity } => {
+            assert!(requested > 2 << 20);
+            assert_eq!(capacity, stats.capacity);
+            assert_eq!(free, stats.free);
+            assert!(largest_free <= free && largest_free > 0);
+        }
+        other => panic!("expected OutOfSpace, got {other}"),
+    }
+    // A failed allocate changes nothing.
+    assert_eq!(arena.stats().unwrap(), stats);
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    assert_eq!(arena.allocate("", 8).unwrap_err().code(), ErrorCode::InvalidName);
+    assert_eq!(arena.allocate(&"n".repeat(256), 8).unwrap_err().code(), ErrorCode::InvalidName);
+    assert!(arena.allocate(&"n".repeat(255), 8).is_ok());
+    assert_eq!(arena.allocate("zero", 0).unwrap_err().code(), ErrorCode::InvalidArgument);
+    assert_eq!(arena.allocate_aligned("odd", 8, 48).unwrap_err().code(), ErrorCode::InvalidArgument);
+    assert_eq!(arena.allocate_aligned("huge", 8, 1 << 20).unwrap_err().code(), ErrorCode::InvalidArgument);
+    let p = arena.allocate_aligned("page", 10, 4096).unwrap();
+    assert_eq!(p.offset() % 4096, 0);
+    assert_eq!(p.as_ptr() as usize % 4096, 0);
+    let outside = 0x10usize as *const u8;
+    assert_eq!(arena.deallocate_ptr(outside).unwrap_err().code(), ErrorCode::NotHeld);
+    assert_eq!(Arena::create("a", &dir.options(1 << 20)).unwrap_err().code(), ErrorCode::AlreadyExists);
+    assert_eq!(Arena::create("tiny", &dir.options(4096)).unwrap_err().code(), ErrorCode::InvalidArgument);
+    assert_eq!(Arena::create("a/b", &dir.options(1 << 20)).unwrap_err().code(), ErrorCode::InvalidName);
+}
+
+#[test]
+fn reused_memory_is_zeroed() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let a = arena.allocate("dirty", 4096).unwrap();
+    for w in a.as_atomic_u64() {
+        w.store(u64::MAX, Ordering::Relaxed);
+    }
+    let offset = a.offset();
+    arena.deallocate(a).unwrap();
+    let b = arena.allocate("clean", 4096).unwrap();
+    assert_eq!(b.offset(), offset, "the freed block is reused");
+    assert!(b.as_atomic_u64().iter().all(|w| w.load(Ordering::Relaxed) == 0));
+}
+
+#[test]
+fn stats_track_use_and_high_water() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let empty = arena.stats().unwrap();
+    assert_eq!((empty.used, empty.live_blocks), (0, 0));
+    assert_eq!(empty.free, empty.capacity);
+    let a = arena.allocate("a", 10_000).unwrap();
+    let s = arena.stats().unwrap();
+    assert_eq!((s.live_blocks, s.requested), (1, 10_000));
+    assert!(s.used >= 10_000 && s.used < 10_000 + 512);
+    assert_eq!(arena.actual_size().unwrap(), s.used);
+    arena.deallocate(a).unwrap();
+    let s2 = arena.stats().unwrap();
+    assert_eq!((s2.used, s2.high_water), (0, s.used));
+}
+
+#[test]
+fn many_names_stay_consistent() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(64 << 20)).unwrap();
+    let blocks: Vec<_> = (0..20_000).map(|i| arena.allocate(&format!("n{i}"), 64 + i % 300).unwrap()).collect();
+    assert_eq!(arena.stats().unwrap().live_blocks, 20_000);
+    arena.verify().unwrap();
+    for (i, b) in blocks.into_iter().enumerate() {
+        if i % 2 == 0 {
+            arena.deallocate(b).unwrap();
+        }
+    }
+    arena.verify().unwrap();
+    for i in (1..20_000).step_by(2) {
+        let b = arena.find(&format!("n{i}")).unwrap().expect("odd names live");
+        arena.deallocate(b).unwrap();
+        arena.deallocate_offset(b.offset()).unwrap();
+    }
+    let report = arena.verify().unwrap();
+    assert_eq!((report.used_blocks, report.free_blocks), (0, 1));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc { name: u8, size: u64, align_log2: u8 },
+    Free { pick: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..40, 1u64..20_000, 4u8..13).prop_map(|(name, size, align_log2)| Op::Alloc { name, size, align_log2 }),
+        2 => (0usize..1000).prop_map(|pick| Op::Free { pick }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Random allocate/free sequences against a model: blocks never overlap, stay inside the
+    /// arena, keep their alignment, names map to one block, and freeing everything leaves one
+    /// free block.
+    #[test]
+    fn heap_matches_model(ops in proptest::collection::vec(op(), 1..300)) {
+        let dir = TempDir::new();
+        let arena = Arena::create("p", &dir.options(256 << 10)).unwrap();
+        let heap_start = arena.region.load(l::HEAP_OFFSET);
+        // name -> (offset, size, references held)
+        let mut model: HashMap<String, (u64, u64, u64)> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Alloc { name, size, align_log2 } => {
+                    let name = format!("b{name}");
+                    let align = 1u64 << align_log2;
+                    match (arena.allocate_aligned(&name, size, align), model.get_mut(&name)) {
+                        (Ok(b), Some(m)) => {
+                            prop_assert_eq!((b.offset(), b.len()), (m.0, m.1));
+                            m.2 += 1;
+                        }
+                        (Ok(b), None) => {
+                            prop_assert!(b.created());
+                            prop_assert_eq!(b.offset() % align, 0);
+                            prop_assert!(b.offset() >= heap_start && b.offset() + size <= arena.size());
+                            for (other, &(o, s, _)) in &model {
+                                prop_assert!(b.offset() + size <= o || o + s <= b.offset(), "{} overlaps {}", name, other);
+                            }
+                            model.insert(name, (b.offset(), size, 1));
+                        }
+                        (Err(Error::SizeMismatch { existing, .. }), Some(m)) => prop_assert_eq!(existing, m.1),
+                        (Err(Error::InvalidArgument(_)), Some(m)) => prop_assert!(m.0 % align != 0),
+                        (Err(Error::OutOfSpace { .. }), None) => {}
+                        (r, m) => prop_assert!(false, "unexpected {:?} with model {:?}", r.map(|b| b.offset()), m),
+                    }
+                }
+                Op::Free { pick } => {
+                    if model.is_empty() { continue; }
+                    let name = model.keys().nth(pick % model.len()).unwrap().clone();
+                    let m = model.get_mut(&name).unwrap();
+                    arena.deallocate_offset(m.0).unwrap();
+                    m.2 -= 1;
+                    if m.2 == 0 { model.remove(&name); }
+                }
+            }
+            let report = arena.verify().unwrap();
+            prop_assert_eq!(report.used_blocks, model.len() as u64);
+        }
+        for (_, (offset, _, refs)) in model.drain() {
+            for _ in 0..refs { arena.deallocate_offset(offset).unwrap(); }
+        }
+        let report = arena.verify().unwrap();
+        prop_assert_eq!((report.free_blocks, report.used_bytes), (1, 0));
+        prop_assert_eq!(report.free_bytes, heap::capacity(&arena.region));
+    }
+}

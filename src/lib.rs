@@ -1,0 +1,13 @@
+//! nodeshm: named shared-memory allocators for the MPI ranks of one node, socket or NUMA domain.
+//!
+//! Layers, bottom up (each uses only those below it):
+//! - [`arena`]: one fixed shared-memory arena in one POSIX shm object (no MPI needed);
+//! - `topology` (feature `hwloc`): where this process runs;
+//! - `comm` (feature `mpi`): communicator splitting and collective agreement;
+//! - `manager` (feature `mpi`): [`ResourceManager`], [`Traits`], [`Allocator`].
+
+pub mod arena;
+pub mod error;
+
+pub use arena::{Arena, Block};
+pub use error::{Error, ErrorCode, Result};
