@@ -71,11 +71,13 @@ pub(crate) fn block_request(name_len: u64, bytes: u64, align: u64) -> Option<u64
 /// Creates a new entry with refcount 1 and zeroed data; returns the entry offset.
 pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -> Result<u64> {
     let r = *tx.region();
-    let request = block_request(name.len() as u64, bytes, align).ok_or_else(|| {
-        Error::InvalidArgument(format!("a block of {bytes} bytes cannot exist"))
-    })?;
+    let request = block_request(name.len() as u64, bytes, align)
+        .ok_or_else(|| Error::InvalidArgument(format!("a block of {bytes} bytes cannot exist")))?;
     let entry = heap::alloc(tx, request)?;
-    let data = round_up(entry + round_up(ENTRY_SIZE + name.len() as u64, l::ALIGN), align);
+    let data = round_up(
+        entry + round_up(ENTRY_SIZE + name.len() as u64, l::ALIGN),
+        align,
+    );
     // The block is fresh and unreachable until the bucket link below, so plain stores suffice.
     let bucket = bucket_of(&r, h);
     r.store(entry + l::E_NEXT, tx.get(bucket));
@@ -110,7 +112,10 @@ pub(crate) fn remove(tx: &mut Tx, entry: u64) -> Result<()> {
     }
     tx.set(link, r.load(entry + l::E_NEXT))?;
     tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS) - 1)?;
-    tx.set(l::REQUESTED, tx.get(l::REQUESTED) - r.load(entry + l::E_SIZE))?;
+    tx.set(
+        l::REQUESTED,
+        tx.get(l::REQUESTED) - r.load(entry + l::E_SIZE),
+    )?;
     heap::free(tx, entry)
 }
 
@@ -169,15 +174,23 @@ pub(crate) fn verify(r: &Region) -> Result<u64> {
             }
             let info = read_entry(r, e);
             if hash(info.name.as_bytes()) & (count - 1) != i || info.refcount == 0 {
-                return Err(Error::Corrupted(format!("entry {:?} is misfiled or unowned", info.name)));
+                return Err(Error::Corrupted(format!(
+                    "entry {:?} is misfiled or unowned",
+                    info.name
+                )));
             }
             if info.offset + info.size > end {
-                return Err(Error::Corrupted(format!("entry {:?} overruns the heap", info.name)));
+                return Err(Error::Corrupted(format!(
+                    "entry {:?} overruns the heap",
+                    info.name
+                )));
             }
             seen += 1;
             requested += info.size;
             if seen > live {
-                return Err(Error::Corrupted(format!("more entries than the {live} counted")));
+                return Err(Error::Corrupted(format!(
+                    "more entries than the {live} counted"
+                )));
             }
             e = r.load(e + l::E_NEXT);
         }

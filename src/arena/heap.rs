@@ -145,6 +145,10 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
         return Err(out_of_space(&r, want + HDR));
     };
     remove_free(tx, b)?;
+    // The payload is about to be zeroed and written without logging; log the free-list links
+    // it held first, so that a rollback puts back a well-formed free block.
+    tx.set(b + HDR, 0)?;
+    tx.set(b + HDR + 8, 0)?;
     let have = size_of_block(&r, b);
     if have - want >= HDR + MIN_PAYLOAD {
         // Split: the tail becomes a free block of its own. Its neighbour after it is in use
@@ -172,7 +176,10 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     }
     // Raised without logging and before anything is written: if this update is rolled back,
     // the mark stays conservatively high (more zeroing later, never stale bytes handed out).
-    r.fetch_max(l::PRISTINE_FROM, (end + HDR + MIN_PAYLOAD).min(r.load(l::HEAP_END)));
+    r.fetch_max(
+        l::PRISTINE_FROM,
+        (end + HDR + MIN_PAYLOAD).min(r.load(l::HEAP_END)),
+    );
     Ok(payload)
 }
 
@@ -252,7 +259,9 @@ pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
         let size = size_of_block(r, b);
         let f = flags(r, b);
         if (f & PREV_FREE != 0) != prev_free.is_some() {
-            return bad(format!("block {b}: PREV_FREE flag disagrees with its neighbour"));
+            return bad(format!(
+                "block {b}: PREV_FREE flag disagrees with its neighbour"
+            ));
         }
         if let Some(p) = prev_free {
             if r.load(b) != p {
@@ -260,8 +269,8 @@ pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
             }
         }
         if f & FREE != 0 {
-            if prev_free.is_some() {
-                return bad(format!("free blocks at {} and {b} were not merged", prev_free.unwrap()));
+            if let Some(p) = prev_free {
+                return bad(format!("free blocks at {p} and {b} were not merged"));
             }
             report.free_blocks += 1;
             report.free_bytes += size + HDR;
@@ -289,7 +298,9 @@ pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
     for fl in 0..l::FL_COUNT {
         let slmap = r.load(sl_off(fl));
         if (flmap >> fl & 1 == 1) != (slmap != 0) {
-            return bad(format!("first-level bitmap bit {fl} disagrees with its second level"));
+            return bad(format!(
+                "first-level bitmap bit {fl} disagrees with its second level"
+            ));
         }
         for sl in 0..SL_COUNT {
             let mut b = r.load(head_off(fl, sl));
@@ -299,7 +310,9 @@ pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
             let mut prev = 0;
             while b != 0 {
                 if b < start || b >= sentinel || flags(r, b) & FREE == 0 {
-                    return bad(format!("free list ({fl},{sl}) holds block {b} that is not free"));
+                    return bad(format!(
+                        "free list ({fl},{sl}) holds block {b} that is not free"
+                    ));
                 }
                 if mapping(size_of_block(r, b)) != (fl, sl) || r.load(b + HDR + 8) != prev {
                     return bad(format!("free list ({fl},{sl}) is mislinked at block {b}"));
@@ -314,7 +327,10 @@ pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
         }
     }
     if listed != report.free_blocks {
-        return bad(format!("{} free blocks but {listed} on the free lists", report.free_blocks));
+        return bad(format!(
+            "{} free blocks but {listed} on the free lists",
+            report.free_blocks
+        ));
     }
     Ok(report)
 }

@@ -93,9 +93,11 @@ pub struct Arena {
     path: PathBuf,
     identity: (u64, u64),
     creator: bool,
+    /// getpid() is a system call; the lock records the holder on every update.
+    pid: u32,
     lock_timeout: Duration,
     /// References this process holds: data offset -> (entry offset, count).
-    held: Mutex<HashMap<u64, (u64, u64)>>,
+    held: Mutex<HeldMap>,
 }
 
 impl std::fmt::Debug for Arena {
@@ -108,12 +110,37 @@ impl std::fmt::Debug for Arena {
     }
 }
 
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| p as u64)
+/// The system page size.
+pub fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |p| p as u64)
+    })
 }
+
+/// Hashes the arena offsets used as keys of the per-process reference map: they are distinct
+/// multiples of 16, so one multiply spreads them well and is cheaper than SipHash.
+#[derive(Default, Clone, Copy)]
+struct OffsetHasher(u64);
+
+impl std::hash::Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type HeldMap = HashMap<u64, (u64, u64), std::hash::BuildHasherDefault<OffsetHasher>>;
 
 fn read_str(r: &Region, off: u64) -> String {
     let mut buf = [0u8; l::LABEL_LEN];
@@ -171,15 +198,21 @@ impl Arena {
         let r = arena.region;
         let (policy, peers) = options.unlink.encode();
         let pid = std::process::id();
-        r.word32(l::VERSION_OFF).store(l::LAYOUT_VERSION, std::sync::atomic::Ordering::Release);
-        r.word32(l::HEADER_SIZE_OFF).store(l::HEADER_SIZE as u32, std::sync::atomic::Ordering::Release);
+        r.word32(l::VERSION_OFF)
+            .store(l::LAYOUT_VERSION, std::sync::atomic::Ordering::Release);
+        r.word32(l::HEADER_SIZE_OFF)
+            .store(l::HEADER_SIZE as u32, std::sync::atomic::Ordering::Release);
         r.store(l::SIZE, size);
-        r.word32(l::CREATOR_PID).store(pid, std::sync::atomic::Ordering::Release);
-        r.word32(l::UNLINK_POLICY).store(policy, std::sync::atomic::Ordering::Release);
-        r.word32(l::EXPECTED_PEERS).store(peers, std::sync::atomic::Ordering::Release);
+        r.word32(l::CREATOR_PID)
+            .store(pid, std::sync::atomic::Ordering::Release);
+        r.word32(l::UNLINK_POLICY)
+            .store(policy, std::sync::atomic::Ordering::Release);
+        r.word32(l::EXPECTED_PEERS)
+            .store(peers, std::sync::atomic::Ordering::Release);
         r.store(l::CREATOR_START, shm::process_start_time(pid));
         r.store(l::JOB_TOKEN, options.job_token);
-        r.word32(l::ATTACH_COUNT).store(1, std::sync::atomic::Ordering::Release);
+        r.word32(l::ATTACH_COUNT)
+            .store(1, std::sync::atomic::Ordering::Release);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -197,7 +230,8 @@ impl Arena {
         }
         heap::init(&r, heap_offset, size);
         r.write_bytes(l::MAGIC_OFF, &l::MAGIC);
-        r.word32(l::INIT_STATE).store(l::INIT_READY, std::sync::atomic::Ordering::Release);
+        r.word32(l::INIT_STATE)
+            .store(l::INIT_READY, std::sync::atomic::Ordering::Release);
         if let Unlink::AfterAttach { peers: 0 } = options.unlink {
             arena.unlink()?;
         }
@@ -326,9 +360,12 @@ impl Arena {
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let map = memmap2::MmapOptions::new()
-            .map_raw(&file)
-            .map_err(|e| Error::io(format!("mapping {} ({} bytes)", path.display(), meta.len()), e))?;
+        let map = memmap2::MmapOptions::new().map_raw(&file).map_err(|e| {
+            Error::io(
+                format!("mapping {} ({} bytes)", path.display(), meta.len()),
+                e,
+            )
+        })?;
         let base = std::ptr::NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
         // SAFETY: the mapping is page-aligned, readable and writable, `map.len()` bytes long, and
         // lives in `_map` for as long as the Arena (and so every Region copy it hands out).
@@ -339,8 +376,9 @@ impl Arena {
             path,
             identity: (meta.dev(), meta.ino()),
             creator,
+            pid: std::process::id(),
             lock_timeout,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HeldMap::default()),
         })
     }
 
@@ -367,11 +405,13 @@ impl Arena {
         // mapping outlives this call.
         let how = unsafe {
             lock::lock(m, self.lock_timeout, "arena lock", || {
-                r.word32(l::LOCK_HOLDER).load(std::sync::atomic::Ordering::Acquire)
+                r.word32(l::LOCK_HOLDER)
+                    .load(std::sync::atomic::Ordering::Acquire)
             })?
         };
         let _unlock = scopeguard(|| {
-            r.word32(l::LOCK_HOLDER).store(0, std::sync::atomic::Ordering::Release);
+            r.word32(l::LOCK_HOLDER)
+                .store(0, std::sync::atomic::Ordering::Release);
             // SAFETY: this thread took the lock above.
             unsafe { lock::unlock(m) }
         });
@@ -381,7 +421,8 @@ impl Arena {
             // SAFETY: we hold the mutex after EOWNERDEAD and just undid the dead owner's update.
             unsafe { lock::make_consistent(m) };
         }
-        r.word32(l::LOCK_HOLDER).store(std::process::id(), std::sync::atomic::Ordering::Release);
+        r.word32(l::LOCK_HOLDER)
+            .store(self.pid, std::sync::atomic::Ordering::Release);
         let mut tx = Tx::begin(&self.region);
         let value = update(&mut tx)?;
         tx.commit();
@@ -601,7 +642,9 @@ impl Arena {
         if still_ours {
             shm::unlink(&self.path)?;
         }
-        self.region.word32(l::UNLINKED).store(1, std::sync::atomic::Ordering::Release);
+        self.region
+            .word32(l::UNLINKED)
+            .store(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -665,7 +708,12 @@ impl Drop for UserLock<'_> {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        let held: Vec<(u64, u64)> = self.held.lock().iter().map(|(&d, &(_, c))| (d, c)).collect();
+        let held: Vec<(u64, u64)> = self
+            .held
+            .lock()
+            .iter()
+            .map(|(&d, &(_, c))| (d, c))
+            .collect();
         for (data, count) in held {
             for _ in 0..count {
                 if self.deallocate_offset(data).is_err() {

@@ -130,13 +130,21 @@ impl Region {
 pub(crate) struct Tx<'r> {
     region: &'r Region,
     len: u64,
+    /// Tests: stop logging-and-writing after this many writes, as a killed process would.
+    #[cfg(test)]
+    pub(crate) limit: Option<u64>,
 }
 
 impl<'r> Tx<'r> {
     /// Starts an update. The caller holds the arena lock (so the log is empty).
     pub(crate) fn begin(region: &'r Region) -> Self {
         debug_assert_eq!(region.load(layout::UNDO_LEN), 0);
-        Tx { region, len: 0 }
+        Tx {
+            region,
+            len: 0,
+            #[cfg(test)]
+            limit: None,
+        }
     }
 
     pub(crate) fn region(&self) -> &'r Region {
@@ -149,9 +157,12 @@ impl<'r> Tx<'r> {
 
     /// Logs the old value of the word at `off`, then writes `value`.
     pub(crate) fn set(&mut self, off: u64, value: u64) -> Result<()> {
+        // Logged even when unchanged: the caller may overwrite the word later without logging
+        // (fresh block payloads), and a rollback must still put this value back.
         let old = self.region.load(off);
-        if old == value {
-            return Ok(());
+        #[cfg(test)]
+        if self.limit.is_some_and(|l| self.len >= l) {
+            return Err(Error::Corrupted("test: simulated crash".into()));
         }
         if self.len == UNDO_CAPACITY {
             return Err(Error::Corrupted(format!(

@@ -27,7 +27,10 @@ pub fn backing_dir(explicit: Option<&Path>) -> PathBuf {
 /// Checks an shm object name: one path component of 1..=255 bytes.
 pub(crate) fn validate_object_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() || name.len() > 255 {
-        Some(format!("shm names are 1 to 255 bytes, this one is {}", name.len()))
+        Some(format!(
+            "shm names are 1 to 255 bytes, this one is {}",
+            name.len()
+        ))
     } else if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
         Some("shm names are one file name: no '/', no NUL, not '.' or '..'".to_string())
     } else {
@@ -53,18 +56,19 @@ pub(crate) fn available_bytes(dir: &Path) -> Option<u64> {
 /// is left behind.
 pub(crate) fn create(path: &Path, mode: u32, size: u64) -> Result<File> {
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open(path, flags, Mode::from_bits_truncate(mode)).map_err(|e| match e {
-        Errno::EEXIST => Error::AlreadyExists(format!("shm object {}", path.display())),
-        Errno::ENOENT => Error::io(
-            format!(
-                "creating {} (does the backing directory exist? set {SHM_DIR_ENV} or the \
+    let fd =
+        nix::fcntl::open(path, flags, Mode::from_bits_truncate(mode)).map_err(|e| match e {
+            Errno::EEXIST => Error::AlreadyExists(format!("shm object {}", path.display())),
+            Errno::ENOENT => Error::io(
+                format!(
+                    "creating {} (does the backing directory exist? set {SHM_DIR_ENV} or the \
                  backing directory option)",
-                path.display()
+                    path.display()
+                ),
+                e,
             ),
-            e,
-        ),
-        e => Error::io(format!("creating {}", path.display()), e),
-    })?;
+            e => Error::io(format!("creating {}", path.display()), e),
+        })?;
     let file = File::from(fd);
     let reserve = || -> Result<()> {
         // umask may have cleared bits the caller asked for (e.g. 0660 for a group).
@@ -94,7 +98,11 @@ pub(crate) fn create(path: &Path, mode: u32, size: u64) -> Result<File> {
 
 /// Opens an existing shm object read-write; `Ok(None)` when it does not exist (yet).
 pub(crate) fn open_existing(path: &Path, writable: bool) -> Result<Option<File>> {
-    let access = if writable { OFlag::O_RDWR } else { OFlag::O_RDONLY };
+    let access = if writable {
+        OFlag::O_RDWR
+    } else {
+        OFlag::O_RDONLY
+    };
     match nix::fcntl::open(path, access | OFlag::O_CLOEXEC, Mode::empty()) {
         Ok(fd) => Ok(Some(File::from(fd))),
         Err(Errno::ENOENT) => Ok(None),

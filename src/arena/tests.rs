@@ -45,7 +45,14 @@ fn same_name_same_block_and_refcounts() {
     assert_eq!(a.offset() % 64, 0);
     let entries = arena.entries().unwrap();
     assert_eq!(entries.len(), 1);
-    assert_eq!((entries[0].name.as_str(), entries[0].size, entries[0].refcount), ("table", 1000, 2));
+    assert_eq!(
+        (
+            entries[0].name.as_str(),
+            entries[0].size,
+            entries[0].refcount
+        ),
+        ("table", 1000, 2)
+    );
     arena.deallocate(a).unwrap();
     assert_eq!(arena.lookup("table").unwrap().unwrap().refcount, 1);
     arena.deallocate(b).unwrap();
@@ -64,7 +71,11 @@ fn size_mismatch_names_both_sizes() {
     let _a = arena.allocate("x", 128).unwrap();
     let err = arena.allocate("x", 256).unwrap_err();
     match &err {
-        Error::SizeMismatch { existing, requested, .. } => assert_eq!((*existing, *requested), (128, 256)),
+        Error::SizeMismatch {
+            existing,
+            requested,
+            ..
+        } => assert_eq!((*existing, *requested), (128, 256)),
         other => panic!("expected SizeMismatch, got {other}"),
     }
     assert!(err.to_string().contains("128") && err.to_string().contains("256"));
@@ -77,7 +88,12 @@ fn out_of_space_reports_the_numbers() {
     let stats = arena.stats().unwrap();
     let err = arena.allocate("big", 2 << 20).unwrap_err();
     match err {
-        Error::OutOfSpace { requested, largest_free, free, capacity } => {
+        Error::OutOfSpace {
+            requested,
+            largest_free,
+            free,
+            capacity,
+        } => {
             assert!(requested > 2 << 20);
             assert_eq!(capacity, stats.capacity);
             assert_eq!(free, stats.free);
@@ -93,20 +109,56 @@ fn out_of_space_reports_the_numbers() {
 fn bad_arguments_are_errors() {
     let dir = TempDir::new();
     let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
-    assert_eq!(arena.allocate("", 8).unwrap_err().code(), ErrorCode::InvalidName);
-    assert_eq!(arena.allocate(&"n".repeat(256), 8).unwrap_err().code(), ErrorCode::InvalidName);
+    assert_eq!(
+        arena.allocate("", 8).unwrap_err().code(),
+        ErrorCode::InvalidName
+    );
+    assert_eq!(
+        arena.allocate(&"n".repeat(256), 8).unwrap_err().code(),
+        ErrorCode::InvalidName
+    );
     assert!(arena.allocate(&"n".repeat(255), 8).is_ok());
-    assert_eq!(arena.allocate("zero", 0).unwrap_err().code(), ErrorCode::InvalidArgument);
-    assert_eq!(arena.allocate_aligned("odd", 8, 48).unwrap_err().code(), ErrorCode::InvalidArgument);
-    assert_eq!(arena.allocate_aligned("huge", 8, 1 << 20).unwrap_err().code(), ErrorCode::InvalidArgument);
+    assert_eq!(
+        arena.allocate("zero", 0).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        arena.allocate_aligned("odd", 8, 48).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        arena
+            .allocate_aligned("huge", 8, 1 << 20)
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidArgument
+    );
     let p = arena.allocate_aligned("page", 10, 4096).unwrap();
     assert_eq!(p.offset() % 4096, 0);
     assert_eq!(p.as_ptr() as usize % 4096, 0);
     let outside = 0x10usize as *const u8;
-    assert_eq!(arena.deallocate_ptr(outside).unwrap_err().code(), ErrorCode::NotHeld);
-    assert_eq!(Arena::create("a", &dir.options(1 << 20)).unwrap_err().code(), ErrorCode::AlreadyExists);
-    assert_eq!(Arena::create("tiny", &dir.options(4096)).unwrap_err().code(), ErrorCode::InvalidArgument);
-    assert_eq!(Arena::create("a/b", &dir.options(1 << 20)).unwrap_err().code(), ErrorCode::InvalidName);
+    assert_eq!(
+        arena.deallocate_ptr(outside).unwrap_err().code(),
+        ErrorCode::NotHeld
+    );
+    assert_eq!(
+        Arena::create("a", &dir.options(1 << 20))
+            .unwrap_err()
+            .code(),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        Arena::create("tiny", &dir.options(4096))
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        Arena::create("a/b", &dir.options(1 << 20))
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidName
+    );
 }
 
 #[test]
@@ -121,7 +173,10 @@ fn reused_memory_is_zeroed() {
     arena.deallocate(a).unwrap();
     let b = arena.allocate("clean", 4096).unwrap();
     assert_eq!(b.offset(), offset, "the freed block is reused");
-    assert!(b.as_atomic_u64().iter().all(|w| w.load(Ordering::Relaxed) == 0));
+    assert!(b
+        .as_atomic_u64()
+        .iter()
+        .all(|w| w.load(Ordering::Relaxed) == 0));
 }
 
 #[test]
@@ -145,7 +200,9 @@ fn stats_track_use_and_high_water() {
 fn many_names_stay_consistent() {
     let dir = TempDir::new();
     let arena = Arena::create("a", &dir.options(64 << 20)).unwrap();
-    let blocks: Vec<_> = (0..20_000).map(|i| arena.allocate(&format!("n{i}"), 64 + i % 300).unwrap()).collect();
+    let blocks: Vec<_> = (0..20_000)
+        .map(|i| arena.allocate(&format!("n{i}"), 64 + i % 300).unwrap())
+        .collect();
     assert_eq!(arena.stats().unwrap().live_blocks, 20_000);
     arena.verify().unwrap();
     for (i, b) in blocks.into_iter().enumerate() {
@@ -155,7 +212,10 @@ fn many_names_stay_consistent() {
     }
     arena.verify().unwrap();
     for i in (1..20_000).step_by(2) {
-        let b = arena.find(&format!("n{i}")).unwrap().expect("odd names live");
+        let b = arena
+            .find(&format!("n{i}"))
+            .unwrap()
+            .expect("odd names live");
         arena.deallocate(b).unwrap();
         arena.deallocate_offset(b.offset()).unwrap();
     }
@@ -231,5 +291,43 @@ proptest! {
         let report = arena.verify().unwrap();
         prop_assert_eq!((report.free_blocks, report.used_bytes), (1, 0));
         prop_assert_eq!(report.free_bytes, heap::capacity(&arena.region));
+    }
+}
+
+/// An update abandoned halfway (as by a killed process) is undone by `roll_back`, at every
+/// possible stopping point.
+#[test]
+fn rollback_undoes_an_interrupted_update_at_any_point() {
+    let dir = TempDir::new();
+    let arena = Arena::create("r", &dir.options(1 << 20)).unwrap();
+    let keep: Vec<_> = (0..50)
+        .map(|i| arena.allocate(&format!("k{i}"), 100 + i * 7).unwrap())
+        .collect();
+    for (i, b) in keep.iter().enumerate() {
+        if i % 3 == 0 {
+            arena.deallocate(*b).unwrap();
+        }
+    }
+    let before = arena.entries().unwrap();
+    let stats = arena.stats().unwrap();
+    let r = arena.region;
+    for stop_after in 1..40u64 {
+        let mut tx = Tx::begin(&r);
+        tx.limit = Some(stop_after);
+        let _ = directory::insert(
+            &mut tx,
+            b"interrupted",
+            directory::hash(b"interrupted"),
+            300,
+            64,
+        );
+        std::mem::forget(tx); // the process "dies" here: no commit, no drop
+        r.roll_back();
+        arena
+            .verify()
+            .unwrap_or_else(|e| panic!("after stopping at write {stop_after}: {e}"));
+        assert_eq!(arena.entries().unwrap(), before);
+        let now = arena.stats().unwrap();
+        assert_eq!((now.used, now.live_blocks), (stats.used, stats.live_blocks));
     }
 }

@@ -1,0 +1,72 @@
+//! Single-process arena benchmark: allocate / find / deallocate latency with 1, 1,000 and
+//! 100,000 live names. Prints a table; `--json FILE` writes the figures too.
+//!
+//!     cargo run --release --example arena_bench [-- --json arena.json]
+
+use std::time::{Duration, Instant};
+
+use nodeshm::arena::{Arena, Options, Unlink};
+
+const SAMPLES: usize = 20_000;
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p) as usize].as_nanos() as f64
+}
+
+fn main() -> nodeshm::Result<()> {
+    let json_path = std::env::args().skip_while(|a| a != "--json").nth(1);
+    let name = format!("nodeshm-bench-{}", std::process::id());
+    let arena = Arena::create(
+        &name,
+        &Options::new(256 << 20)
+            .unlink(Unlink::AfterAttach { peers: 0 })
+            .expected_names(131_072),
+    )?;
+    println!(
+        "{:>12} {:>10} {:>12} {:>12}",
+        "live names", "operation", "median ns", "p99 ns"
+    );
+    let mut rows = Vec::new();
+    let mut live = Vec::new();
+    for target in [1usize, 1_000, 100_000] {
+        while live.len() < target {
+            live.push(arena.allocate(&format!("live-{}", live.len()), 64)?);
+        }
+        let names: Vec<String> = (0..SAMPLES).map(|i| format!("probe-{i}")).collect();
+        let mut alloc = Vec::with_capacity(SAMPLES);
+        let mut find = Vec::with_capacity(SAMPLES);
+        let mut dealloc = Vec::with_capacity(SAMPLES);
+        // Allocate a fresh name, find it, then release both references: the live count stays at
+        // `target` (+1 during the probe).
+        for n in &names {
+            let t = Instant::now();
+            let b = arena.allocate(n, 64)?;
+            alloc.push(t.elapsed());
+            let t = Instant::now();
+            let f = arena.find(n)?.expect("just allocated");
+            find.push(t.elapsed());
+            arena.deallocate(f)?;
+            let t = Instant::now();
+            arena.deallocate(b)?;
+            dealloc.push(t.elapsed());
+        }
+        for (op, mut v) in [("allocate", alloc), ("find", find), ("deallocate", dealloc)] {
+            v.sort();
+            let (median, p99) = (percentile(&v, 0.5), percentile(&v, 0.99));
+            println!("{target:>12} {op:>10} {median:>12.0} {p99:>12.0}");
+            rows.push(format!(
+                "{{\"live_names\":{target},\"op\":\"{op}\",\"median_ns\":{median:.0},\"p99_ns\":{p99:.0}}}"
+            ));
+        }
+    }
+    arena.verify()?;
+    if let Some(path) = json_path {
+        std::fs::write(&path, format!("[{}]\n", rows.join(",\n"))).map_err(|e| {
+            nodeshm::Error::Io {
+                what: format!("writing {path}"),
+                source: e,
+            }
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! A small runner for test binaries that start real processes (harness = false): the binary runs
+//! its scenarios in order, or, when started by a scenario with `NODESHM_ROLE` set, plays that
+//! role (a child process or an MPI rank) and exits.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+pub const ROLE_ENV: &str = "NODESHM_ROLE";
+
+pub type Scenario = (&'static str, fn());
+
+/// Runs the role named in `NODESHM_ROLE` if set (exiting with its result), else every scenario
+/// whose name contains the command-line filter, printing libtest-style lines.
+pub fn main(roles: &[(&str, fn())], scenarios: &[Scenario]) {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        let name = role.split(':').next().unwrap_or_default().to_string();
+        let Some((_, f)) = roles.iter().find(|(n, _)| *n == name) else {
+            eprintln!("unknown role {role:?}");
+            std::process::exit(2);
+        };
+        let ok = std::panic::catch_unwind(AssertUnwindSafe(f)).is_ok();
+        std::process::exit(if ok { 0 } else { 101 });
+    }
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in scenarios {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let selected: Vec<_> = scenarios
+        .iter()
+        .filter(|(n, _)| args.is_empty() || args.iter().any(|a| n.contains(a.as_str())))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for (name, f) in &selected {
+        let t = Instant::now();
+        let ok = std::panic::catch_unwind(AssertUnwindSafe(f)).is_ok();
+        println!(
+            "test {name} ... {} ({:.1} s)",
+            if ok { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stdout().flush();
+        if !ok {
+            failed.push(*name);
+        }
+    }
+    let passed = selected.len() - failed.len();
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for name in &failed {
+            println!("    {name}");
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        failed.len(),
+        scenarios.len() - selected.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        std::process::exit(101);
+    }
+}
+
+/// The role argument after the colon in `NODESHM_ROLE=role:arg`.
+pub fn role_arg() -> String {
+    std::env::var(ROLE_ENV)
+        .ok()
+        .and_then(|r| r.split_once(':').map(|(_, a)| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// Names of ours left in /dev/shm whose name contains `marker`.
+pub fn leftovers(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("nodeshm") && n.contains(marker))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True when running as root (mounting a tmpfs needs it).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A small tmpfs mounted on a fresh directory, unmounted and removed on drop.
+pub struct SmallTmpfs(pub std::path::PathBuf);
+
+impl SmallTmpfs {
+    pub fn mount(size: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("nodeshm-tmpfs-{}-{size}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=1777"),
+                "nodeshm-test",
+            ])
+            .arg(&dir)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs on {} failed",
+            dir.display()
+        );
+        SmallTmpfs(dir)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
