@@ -8,6 +8,15 @@
 
 pub mod arena;
 pub mod error;
+pub mod topology;
+#[cfg(feature = "mpi")]
+pub mod comm;
+
+#[cfg(feature = "mpi")]
+pub mod manager;
 
 pub use arena::{Arena, Block};
+#[cfg(feature = "mpi")]
+pub use manager::{Allocator, ResourceManager, SharedSlice, Traits, UnlinkPolicy};
+pub use topology::{Scope, ScopeInstance};
 pub use error::{Error, ErrorCode, Result};

@@ -1,0 +1,157 @@
+//! MPI plumbing for the manager: owned communicators, splitting by node and scope, the job
+//! token, and collective agreement on outcomes so that no rank returns before the others know
+//! whether the step succeeded everywhere (the way to never hang on an error).
+
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+
+use mpi::collective::SystemOperation;
+use mpi::topology::{Color, Communicator, SimpleCommunicator};
+use mpi::traits::*;
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// A communicator this library owns. Freed on drop, unless MPI is already finalized (freeing
+/// then would abort the job), in which case the handle is simply forgotten.
+pub struct OwnedComm(ManuallyDrop<SimpleCommunicator>);
+
+impl OwnedComm {
+    fn new(comm: SimpleCommunicator) -> Self {
+        OwnedComm(ManuallyDrop::new(comm))
+    }
+}
+
+impl Deref for OwnedComm {
+    type Target = SimpleCommunicator;
+    fn deref(&self) -> &SimpleCommunicator {
+        &self.0
+    }
+}
+
+impl Drop for OwnedComm {
+    fn drop(&mut self) {
+        if !mpi::environment::is_finalized() {
+            // SAFETY: dropped exactly once, here; the field is never used again.
+            unsafe { ManuallyDrop::drop(&mut self.0) }
+        }
+    }
+}
+
+impl std::fmt::Debug for OwnedComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OwnedComm(rank {} of {})", self.rank(), self.size())
+    }
+}
+
+/// A private duplicate of `comm`. Collective over `comm`.
+pub fn duplicate<C: Communicator>(comm: &C) -> OwnedComm {
+    OwnedComm::new(comm.duplicate())
+}
+
+/// The ranks of `comm` on this node (`MPI_COMM_TYPE_SHARED`). Collective over `comm`.
+pub fn split_node(comm: &SimpleCommunicator) -> OwnedComm {
+    OwnedComm::new(comm.split_shared(comm.rank()))
+}
+
+/// The ranks of `comm` that pass the same `color`, ordered by rank. Collective over `comm`.
+pub fn split_by(comm: &SimpleCommunicator, color: i32) -> Result<OwnedComm> {
+    comm.split_by_color_with_key(Color::with_value(color), comm.rank())
+        .map(OwnedComm::new)
+        .ok_or_else(|| Error::Mpi(format!("MPI_Comm_split with color {color} gave no communicator")))
+}
+
+/// A random 64-bit token chosen by rank 0 and known to all. Collective over `comm`.
+pub fn job_token(comm: &SimpleCommunicator) -> u64 {
+    let mut token = 0u64;
+    if comm.rank() == 0 {
+        let mut bytes = [0u8; 8];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        token = u64::from_ne_bytes(bytes) ^ now ^ ((std::process::id() as u64) << 40);
+    }
+    comm.process_at_rank(0).broadcast_into(&mut token);
+    token
+}
+
+/// Broadcasts a string from `root`. Collective over `comm`.
+fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String {
+    let mut len = text.len() as u64;
+    comm.process_at_rank(root).broadcast_into(&mut len);
+    let mut bytes = if comm.rank() == root { text.as_bytes().to_vec() } else { vec![0u8; len as usize] };
+    if len > 0 {
+        comm.process_at_rank(root).broadcast_into(&mut bytes[..]);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Agrees on the outcome of a step every rank did locally. Collective over `comm`.
+///
+/// If every rank succeeded, returns each rank's own value. Otherwise every rank returns the
+/// same [`Error::Collective`] carrying the error of the lowest failing rank (its code and
+/// message) and how many ranks failed; successful values are dropped.
+pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
+    let rank = comm.rank();
+    let mine = if local.is_err() { rank } else { i32::MAX };
+    let mut first = i32::MAX;
+    comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
+    if first == i32::MAX {
+        return local;
+    }
+    let failed_here = i32::from(local.is_err());
+    let mut failed = 0i32;
+    comm.all_reduce_into(&failed_here, &mut failed, SystemOperation::sum());
+    let (mut code, text) = match &local {
+        Err(e) if rank == first => (e.code() as i32, e.to_string()),
+        _ => (0, String::new()),
+    };
+    comm.process_at_rank(first).broadcast_into(&mut code);
+    let message = broadcast_string(comm, first, &text);
+    let code = ErrorCode::from_i32(code).unwrap_or(ErrorCode::Mpi);
+    // A rank whose own error was already collective keeps that (it names the original rank).
+    if let Err(e @ Error::Collective { .. }) = local {
+        if rank == first {
+            return Err(e);
+        }
+    }
+    Err(Error::Collective {
+        rank: first,
+        failed_ranks: failed,
+        code,
+        message,
+    })
+}
+
+/// Checks that every rank passed the same `description` (of a call's arguments); if not, every
+/// rank gets the same error naming the first rank that differs from rank 0 and both
+/// descriptions. Collective over `comm`.
+pub fn check_same(comm: &SimpleCommunicator, what: &str, description: &str) -> Result<()> {
+    let hash = fnv(description.as_bytes());
+    let mut min = 0u64;
+    let mut max = 0u64;
+    comm.all_reduce_into(&hash, &mut min, SystemOperation::min());
+    comm.all_reduce_into(&hash, &mut max, SystemOperation::max());
+    if min == max {
+        return Ok(());
+    }
+    let mut root_hash = hash;
+    comm.process_at_rank(0).broadcast_into(&mut root_hash);
+    let mine = if hash != root_hash { comm.rank() } else { i32::MAX };
+    let mut first = i32::MAX;
+    comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
+    let theirs = broadcast_string(comm, first, description);
+    let root = broadcast_string(comm, 0, description);
+    Err(Error::InvalidArgument(format!(
+        "{what} is collective and needs the same arguments on every rank, but rank {first} passed \
+         [{theirs}] while rank 0 passed [{root}]"
+    )))
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}

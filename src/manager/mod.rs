@@ -1,0 +1,242 @@
+//! The MPI-aware public API: a [`ResourceManager`] builds named `SHARED::` allocators from
+//! [`Traits`], finds each allocator's peer ranks (node, then socket or NUMA node from hwloc),
+//! and backs each scope instance with one arena.
+
+mod allocator;
+mod traits;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use mpi::topology::{Communicator, SimpleCommunicator};
+
+pub use allocator::{Allocator, SharedSlice};
+pub use traits::{Traits, UnlinkPolicy};
+
+use crate::arena::{Arena, Options, Unlink};
+use crate::comm::{self, OwnedComm};
+use crate::error::{Error, Result};
+use crate::topology::{ScopeInstance, Topology};
+
+/// Prefix every allocator name carries (as in Umpire).
+pub const NAME_PREFIX: &str = "SHARED::";
+
+/// Builds and keeps the `SHARED::` allocators of one communicator.
+pub struct ResourceManager {
+    allocators: RefCell<BTreeMap<String, Allocator>>,
+    topology: Topology,
+    job_token: u64,
+    node: OwnedComm,
+    comm: OwnedComm,
+}
+
+impl std::fmt::Debug for ResourceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceManager")
+            .field("comm", &self.comm)
+            .field("node", &self.node)
+            .field("job_token", &format_args!("{:016x}", self.job_token))
+            .finish()
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+impl ResourceManager {
+    /// Collective over `comm` (any communicator, not only the world): duplicates it, splits
+    /// it by node, loads the hwloc topology and draws the job token that goes into every shm
+    /// name (so two jobs never share or re-attach a segment). Every rank returns the same error
+    /// if any rank fails.
+    pub fn new<C: Communicator>(comm: &C) -> Result<Self> {
+        let comm = comm::duplicate(comm);
+        let node = comm::split_node(&comm);
+        let job_token = comm::job_token(&comm);
+        let topology = comm::agree(
+            &comm,
+            Topology::load().map_err(|e| Error::Binding(format!("on {}: {e}", hostname()))),
+        )?;
+        Ok(ResourceManager {
+            allocators: RefCell::new(BTreeMap::new()),
+            topology,
+            job_token,
+            node,
+            comm,
+        })
+    }
+
+    /// The manager's own communicator (a duplicate of the one it was made with).
+    pub fn communicator(&self) -> &SimpleCommunicator {
+        &self.comm
+    }
+
+    /// The ranks of this node.
+    pub fn node_communicator(&self) -> &SimpleCommunicator {
+        &self.node
+    }
+
+    /// The job token in every shm name this manager makes.
+    pub fn job_token(&self) -> u64 {
+        self.job_token
+    }
+
+    /// The topology scopes are computed from.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Makes allocator `name` (which must start with `SHARED::`): one arena per scope instance,
+    /// created by the instance's lowest rank and mapped by its other ranks.
+    ///
+    /// Collective over the manager's communicator. Every rank must pass the same name and
+    /// traits; every rank returns the same error if they differ, if the name is taken or
+    /// malformed, if a rank's CPU binding spans several scope instances, or if any leader fails
+    /// to create (e.g. the backing directory is full) or any peer fails to attach.
+    pub fn make_resource(&self, name: &str, traits: Traits) -> Result<Allocator> {
+        let comm = &*self.comm;
+        comm::check_same(comm, "make_resource", &format!("name={name:?} {}", traits.describe()))?;
+        comm::agree(comm, self.validate(name, &traits))?;
+        let instance = comm::agree(
+            comm,
+            self.topology.this_instance(traits.scope).map_err(|e| {
+                Error::Binding(format!("rank {} on {}: {e}", comm.rank(), hostname()))
+            }),
+        )?;
+        let scope_comm = comm::split_by(&self.node, instance.index as i32)?;
+        scope_comm.set_name(name);
+        let shm_name = self.shm_name(name, &instance);
+        let options = self.arena_options(name, &traits, &instance, scope_comm.size() as u32 - 1);
+
+        let leader = scope_comm.rank() == 0;
+        let created = if leader {
+            Arena::create(&shm_name, &options).map(|a| Some(Fresh(Some(a))))
+        } else {
+            Ok(None)
+        };
+        let created = comm::agree(comm, created)?;
+        let arena = match created {
+            Some(fresh) => Ok(fresh),
+            None => Arena::attach_with(&shm_name, &options).map(|a| Fresh(Some(a))),
+        };
+        // If any peer failed, every Fresh is dropped here and the leader's name is removed.
+        let arena = comm::agree(comm, arena)?.keep();
+        let allocator = Allocator(Rc::new(allocator::Inner {
+            name: name.to_string(),
+            traits,
+            instance,
+            arena,
+            comm: scope_comm,
+        }));
+        self.allocators
+            .borrow_mut()
+            .insert(name.to_string(), allocator.clone());
+        Ok(allocator)
+    }
+
+    /// The allocator made under `name`, if any (local, not collective).
+    pub fn get_allocator(&self, name: &str) -> Option<Allocator> {
+        self.allocators.borrow().get(name).cloned()
+    }
+
+    /// Names of all allocators made so far, sorted.
+    pub fn allocators(&self) -> Vec<String> {
+        self.allocators.borrow().keys().cloned().collect()
+    }
+
+    /// Forgets allocator `name` (the arena goes when every clone of it is dropped). Local.
+    pub fn remove_allocator(&self, name: &str) -> Option<Allocator> {
+        self.allocators.borrow_mut().remove(name)
+    }
+
+    fn validate(&self, name: &str, traits: &Traits) -> Result<()> {
+        let rest = name.strip_prefix(NAME_PREFIX).unwrap_or_default();
+        if rest.is_empty() || name.len() > 200 {
+            return Err(Error::InvalidName {
+                name: name.chars().take(64).collect(),
+                reason: format!(
+                    "allocator names start with {NAME_PREFIX:?}, followed by 1 to {} bytes, \
+                     e.g. \"SHARED::tables\"",
+                    200 - NAME_PREFIX.len()
+                ),
+            });
+        }
+        if self.allocators.borrow().contains_key(name) {
+            return Err(Error::AlreadyExists(format!(
+                "allocator {name:?} (use get_allocator to reuse it)"
+            )));
+        }
+        if traits.size == 0 || traits.size >= 1 << 47 {
+            return Err(Error::InvalidArgument(format!(
+                "allocator {name:?}: size {} bytes; give a size from 1 byte to 128 TiB",
+                traits.size
+            )));
+        }
+        if traits.mode & !0o777 != 0 || traits.mode & 0o600 != 0o600 {
+            return Err(Error::InvalidArgument(format!(
+                "allocator {name:?}: mode {:o}; give permission bits including 0600",
+                traits.mode
+            )));
+        }
+        Ok(())
+    }
+
+    /// `nodeshm.<uid>.<job token>.<allocator>.<scope><index>`: recognisable in /dev/shm, private
+    /// to this user and job, one per scope instance.
+    fn shm_name(&self, name: &str, instance: &ScopeInstance) -> String {
+        let short: String = name[NAME_PREFIX.len()..]
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .take(96)
+            .collect();
+        let digest = name.bytes().fold(0xcbf2_9ce4u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+        format!(
+            "nodeshm.{}.{:016x}.{short}-{digest:08x}.{}{}",
+            nix::unistd::getuid(),
+            self.job_token,
+            instance.scope,
+            instance.index
+        )
+    }
+
+    fn arena_options(&self, name: &str, traits: &Traits, instance: &ScopeInstance, peers: u32) -> Options {
+        let mut options = Options::new(traits.size)
+            .mode(traits.mode)
+            .unlink(match traits.unlink {
+                UnlinkPolicy::AfterAttach => Unlink::AfterAttach { peers },
+                UnlinkPolicy::OnLastDetach => Unlink::OnLastDetach,
+                UnlinkPolicy::Never => Unlink::Never,
+            })
+            .job_token(self.job_token)
+            .label(format!("{name} {instance}"))
+            .attach_timeout(traits.attach_timeout)
+            .lock_timeout(traits.lock_timeout);
+        if let Some(dir) = &traits.dir {
+            options = options.dir(dir);
+        }
+        if let Some(n) = traits.expected_names {
+            options = options.expected_names(n);
+        }
+        options
+    }
+}
+
+/// An arena made during `make_resource`: its name is removed if the call fails afterwards.
+struct Fresh(Option<Arena>);
+
+impl Fresh {
+    fn keep(mut self) -> Arena {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        if let Some(arena) = self.0.take() {
+            let _ = arena.unlink();
+        }
+    }
+}

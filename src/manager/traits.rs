@@ -1,0 +1,117 @@
+//! What an allocator is made from: Umpire's "traits", as a builder.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::topology::Scope;
+
+/// When an allocator's shm name disappears from the backing directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnlinkPolicy {
+    /// As soon as every rank of the scope instance has mapped the arena (the default): from
+    /// then on no crash of any process can leak the segment.
+    #[default]
+    AfterAttach,
+    /// When the last rank drops the allocator; a killed rank leaves it for `nodeshm gc`.
+    OnLastDetach,
+    /// Never: the arena outlives the job, for tools that attach by name later
+    /// (see [`crate::Allocator::shm_path`]); remove it with `nodeshm gc` or `rm`.
+    Never,
+}
+
+/// The traits of a `SHARED::` allocator. Every rank must pass equal traits to
+/// [`crate::ResourceManager::make_resource`] (checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traits {
+    pub(crate) size: u64,
+    pub(crate) scope: Scope,
+    pub(crate) unlink: UnlinkPolicy,
+    pub(crate) mode: u32,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) attach_timeout: Duration,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) expected_names: Option<u64>,
+}
+
+impl Traits {
+    /// An arena of `size` bytes (rounded up to the page size; it never grows), node scope,
+    /// unlinked after attach, mode 0600, in `$NODESHM_SHM_DIR` or `/dev/shm`, 60 s attach and
+    /// 30 s lock timeouts.
+    pub fn new(size: u64) -> Self {
+        Traits {
+            size,
+            scope: Scope::Node,
+            unlink: UnlinkPolicy::AfterAttach,
+            mode: 0o600,
+            dir: None,
+            attach_timeout: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(30),
+            expected_names: None,
+        }
+    }
+
+    /// Which ranks share one arena (default [`Scope::Node`]).
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// When the shm name is removed (default [`UnlinkPolicy::AfterAttach`]).
+    pub fn unlink(mut self, unlink: UnlinkPolicy) -> Self {
+        self.unlink = unlink;
+        self
+    }
+
+    /// File mode of the shm object (default 0o600).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Backing directory (default `$NODESHM_SHM_DIR`, else `/dev/shm`).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Longest wait of a peer for its leader's arena.
+    pub fn attach_timeout(mut self, timeout: Duration) -> Self {
+        self.attach_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for the arena lock (and the default for [`crate::Allocator::lock`]).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Size the name directory for about this many live names.
+    pub fn expected_names(mut self, names: u64) -> Self {
+        self.expected_names = Some(names);
+        self
+    }
+
+    /// Arena size asked for.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The scope.
+    pub fn get_scope(&self) -> Scope {
+        self.scope
+    }
+
+    /// The unlink policy.
+    pub fn get_unlink(&self) -> UnlinkPolicy {
+        self.unlink
+    }
+
+    /// What must be equal on every rank, as text (for the collective check and its message).
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "size={} scope={} unlink={:?} mode={:o} dir={:?} names={:?}",
+            self.size, self.scope, self.unlink, self.mode, self.dir, self.expected_names
+        )
+    }
+}

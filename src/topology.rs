@@ -1,0 +1,195 @@
+//! Where the calling process runs, from hwloc: which package (socket) and NUMA node its CPU
+//! binding lies in, and so which scope instance it belongs to. Honours `HWLOC_XMLFILE` (with
+//! `HWLOC_THISSYSTEM=1`) like every hwloc program, so tests can present this machine as
+//! several sockets.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Which ranks share one arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scope {
+    /// All ranks of a node (what `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)` groups).
+    #[default]
+    Node,
+    /// The ranks bound inside one package (hwloc `Package`).
+    Socket,
+    /// The ranks bound inside one NUMA node.
+    Numa,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Node => "node",
+            Scope::Socket => "socket",
+            Scope::Numa => "numa",
+        })
+    }
+}
+
+/// One instance of a scope: "socket 1" means the second package (hwloc logical index 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScopeInstance {
+    pub scope: Scope,
+    /// hwloc logical index of the package or NUMA node (0 for a node).
+    pub index: usize,
+    /// The operating system's index (`P#`), where hwloc knows it.
+    pub os_index: Option<usize>,
+}
+
+impl fmt::Display for ScopeInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.scope, self.index)
+    }
+}
+
+#[cfg(feature = "hwloc")]
+mod imp {
+    use hwlocality::cpu::binding::CpuBindingFlags;
+    use hwlocality::cpu::cpuset::CpuSet;
+    use hwlocality::object::types::ObjectType;
+    use hwlocality::object::TopologyObject;
+
+    use super::*;
+
+    /// The machine's topology as hwloc sees it.
+    pub struct Topology {
+        inner: hwlocality::Topology,
+    }
+
+    impl fmt::Debug for Topology {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Topology").finish_non_exhaustive()
+        }
+    }
+
+    fn object_type(scope: Scope) -> Option<ObjectType> {
+        match scope {
+            Scope::Node => None,
+            Scope::Socket => Some(ObjectType::Package),
+            Scope::Numa => Some(ObjectType::NUMANode),
+        }
+    }
+
+    impl Topology {
+        /// Loads the topology of this machine (or of `$HWLOC_XMLFILE`).
+        pub fn load() -> Result<Self> {
+            let inner = hwlocality::Topology::new().map_err(|e| {
+                Error::Binding(format!(
+                    "hwloc could not load the topology: {e}; check HWLOC_XMLFILE if it is set"
+                ))
+            })?;
+            Ok(Topology { inner })
+        }
+
+        /// The hwloc topology, for callers that need more (memory binding, the CLI).
+        pub fn hwloc(&self) -> &hwlocality::Topology {
+            &self.inner
+        }
+
+        /// The CPUs this process is bound to (all of them when unbound).
+        pub fn binding(&self) -> Result<CpuSet> {
+            self.inner
+                .cpu_binding(CpuBindingFlags::PROCESS)
+                .or_else(|_| self.inner.cpu_binding(CpuBindingFlags::THREAD))
+                .map_err(|e| Error::Binding(format!("cannot read this process's CPU binding: {e}")))
+        }
+
+        /// Objects of the scope's type, in logical order.
+        pub fn instances(&self, scope: Scope) -> Vec<&TopologyObject> {
+            match object_type(scope) {
+                Some(t) => self.inner.objects_with_type(t).collect(),
+                None => Vec::new(),
+            }
+        }
+
+        /// The scope instance a process bound to `cpus` belongs to. Fails if `cpus` touches more
+        /// than one instance (or none), saying which.
+        pub fn instance_of(&self, scope: Scope, cpus: &CpuSet) -> Result<ScopeInstance> {
+            if scope == Scope::Node {
+                return Ok(ScopeInstance {
+                    scope,
+                    index: 0,
+                    os_index: None,
+                });
+            }
+            let touched: Vec<&TopologyObject> = self
+                .instances(scope)
+                .into_iter()
+                .filter(|o| o.cpuset().is_some_and(|c| c.intersects(cpus)))
+                .collect();
+            match touched.as_slice() {
+                [one] => Ok(ScopeInstance {
+                    scope,
+                    index: one.logical_index(),
+                    os_index: one.os_index(),
+                }),
+                [] => Err(Error::Binding(format!(
+                    "bound to CPUs {cpus}, which belong to no {scope} in the topology"
+                ))),
+                many => Err(Error::Binding(format!(
+                    "bound to CPUs {cpus}, which span {} {scope}s ({}): a {scope}-scoped \
+                     allocator needs every rank inside one {scope}; bind ranks with \
+                     `mpirun --bind-to core` (or `--bind-to socket`)",
+                    many.len(),
+                    many.iter()
+                        .map(|o| format!("#{}", o.logical_index()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        }
+
+        /// The scope instance of the calling process.
+        pub fn this_instance(&self, scope: Scope) -> Result<ScopeInstance> {
+            if scope == Scope::Node {
+                return self.instance_of(scope, &CpuSet::new());
+            }
+            self.instance_of(scope, &self.binding()?)
+        }
+
+        /// OS indices of the NUMA nodes of a scope instance (all of the machine's for Node).
+        pub fn numa_nodes_of(&self, instance: &ScopeInstance) -> Vec<usize> {
+            let nodeset = match instance.scope {
+                Scope::Node => Some(self.inner.nodeset().clone_target()),
+                _ => self
+                    .instances(instance.scope)
+                    .get(instance.index)
+                    .and_then(|o| o.nodeset().map(|n| n.clone_target())),
+            };
+            nodeset
+                .map(|n| n.iter_set().map(usize::from).collect())
+                .unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(feature = "hwloc")]
+pub use imp::Topology;
+
+/// Without hwloc only node scope exists.
+#[cfg(not(feature = "hwloc"))]
+#[derive(Debug)]
+pub struct Topology;
+
+#[cfg(not(feature = "hwloc"))]
+impl Topology {
+    pub fn load() -> Result<Self> {
+        Ok(Topology)
+    }
+
+    pub fn this_instance(&self, scope: Scope) -> Result<ScopeInstance> {
+        match scope {
+            Scope::Node => Ok(ScopeInstance {
+                scope,
+                index: 0,
+                os_index: None,
+            }),
+            _ => Err(Error::Unsupported(format!(
+                "{scope} scope needs hwloc: build nodeshm with the `hwloc` feature"
+            ))),
+        }
+    }
+}
