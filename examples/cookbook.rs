@@ -29,7 +29,12 @@ fn main() -> Result<(), nodeshm::Error> {
         node.size(),
         block.offset()
     );
-    assert_eq!(seen, 0xDEADBEEF, "rank {} did not see node rank 0's write", world.rank());
+    assert_eq!(
+        seen,
+        0xDEADBEEF,
+        "rank {} did not see node rank 0's write",
+        world.rank()
+    );
     node.barrier();
     allocator.deallocate(block)?;
     Ok(())

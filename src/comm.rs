@@ -57,7 +57,11 @@ pub fn split_node(comm: &SimpleCommunicator) -> OwnedComm {
 pub fn split_by(comm: &SimpleCommunicator, color: i32) -> Result<OwnedComm> {
     comm.split_by_color_with_key(Color::with_value(color), comm.rank())
         .map(OwnedComm::new)
-        .ok_or_else(|| Error::Mpi(format!("MPI_Comm_split with color {color} gave no communicator")))
+        .ok_or_else(|| {
+            Error::Mpi(format!(
+                "MPI_Comm_split with color {color} gave no communicator"
+            ))
+        })
 }
 
 /// A random 64-bit token chosen by rank 0 and known to all. Collective over `comm`.
@@ -81,7 +85,11 @@ pub fn job_token(comm: &SimpleCommunicator) -> u64 {
 fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String {
     let mut len = text.len() as u64;
     comm.process_at_rank(root).broadcast_into(&mut len);
-    let mut bytes = if comm.rank() == root { text.as_bytes().to_vec() } else { vec![0u8; len as usize] };
+    let mut bytes = if comm.rank() == root {
+        text.as_bytes().to_vec()
+    } else {
+        vec![0u8; len as usize]
+    };
     if len > 0 {
         comm.process_at_rank(root).broadcast_into(&mut bytes[..]);
     }
@@ -139,7 +147,11 @@ pub fn check_same(comm: &SimpleCommunicator, what: &str, description: &str) -> R
     }
     let mut root_hash = hash;
     comm.process_at_rank(0).broadcast_into(&mut root_hash);
-    let mine = if hash != root_hash { comm.rank() } else { i32::MAX };
+    let mine = if hash != root_hash {
+        comm.rank()
+    } else {
+        i32::MAX
+    };
     let mut first = i32::MAX;
     comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
     let theirs = broadcast_string(comm, first, description);

@@ -7,16 +7,16 @@
 //! - `manager` (feature `mpi`): [`ResourceManager`], [`Traits`], [`Allocator`].
 
 pub mod arena;
-pub mod error;
-pub mod topology;
 #[cfg(feature = "mpi")]
 pub mod comm;
+pub mod error;
+pub mod topology;
 
 #[cfg(feature = "mpi")]
 pub mod manager;
 
 pub use arena::{Arena, Block};
+pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "mpi")]
 pub use manager::{Allocator, ResourceManager, SharedSlice, Traits, UnlinkPolicy};
 pub use topology::{Scope, ScopeInstance};
-pub use error::{Error, ErrorCode, Result};

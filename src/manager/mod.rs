@@ -98,7 +98,11 @@ impl ResourceManager {
     /// to create (e.g. the backing directory is full) or any peer fails to attach.
     pub fn make_resource(&self, name: &str, traits: Traits) -> Result<Allocator> {
         let comm = &*self.comm;
-        comm::check_same(comm, "make_resource", &format!("name={name:?} {}", traits.describe()))?;
+        comm::check_same(
+            comm,
+            "make_resource",
+            &format!("name={name:?} {}", traits.describe()),
+        )?;
         comm::agree(comm, self.validate(name, &traits))?;
         let instance = comm::agree(
             comm,
@@ -189,10 +193,18 @@ impl ResourceManager {
     fn shm_name(&self, name: &str, instance: &ScopeInstance) -> String {
         let short: String = name[NAME_PREFIX.len()..]
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(96)
             .collect();
-        let digest = name.bytes().fold(0xcbf2_9ce4u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+        let digest = name.bytes().fold(0xcbf2_9ce4u32, |h, b| {
+            (h ^ b as u32).wrapping_mul(0x0100_0193)
+        });
         format!(
             "nodeshm.{}.{:016x}.{short}-{digest:08x}.{}{}",
             nix::unistd::getuid(),
@@ -202,7 +214,13 @@ impl ResourceManager {
         )
     }
 
-    fn arena_options(&self, name: &str, traits: &Traits, instance: &ScopeInstance, peers: u32) -> Options {
+    fn arena_options(
+        &self,
+        name: &str,
+        traits: &Traits,
+        instance: &ScopeInstance,
+        peers: u32,
+    ) -> Options {
         let mut options = Options::new(traits.size)
             .mode(traits.mode)
             .unlink(match traits.unlink {

@@ -20,8 +20,15 @@ pub fn main(roles: &[(&str, fn())], scenarios: &[Scenario]) {
             eprintln!("unknown role {role:?}");
             std::process::exit(2);
         };
-        let ok = std::panic::catch_unwind(AssertUnwindSafe(f)).is_ok();
-        std::process::exit(if ok { 0 } else { 101 });
+        // A failing rank must die at once: unwinding would run MPI_Finalize and wait there for
+        // ranks that wait in a collective for it, and the job would hang instead of failing.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            std::process::exit(101);
+        }));
+        f();
+        std::process::exit(0);
     }
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -130,3 +137,52 @@ impl Drop for SmallTmpfs {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// Runs `cmd` with a deadline; returns (success, stdout + stderr). Kills it at the deadline.
+pub fn run_with_timeout(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> (bool, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting a test command");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            // The whole process group: mpirun and its ranks.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::SIGKILL,
+            );
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let text = format!("{}{}", reader.join().unwrap(), err_reader.join().unwrap());
+    match status {
+        Some(s) => (s.success(), text),
+        None => (false, format!("{text}\nTIMED OUT after {limit:?}")),
+    }
+}
+
+use std::os::unix::process::CommandExt as _;
