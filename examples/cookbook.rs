@@ -8,7 +8,14 @@ use std::sync::atomic::Ordering;
 use mpi::traits::*;
 use nodeshm::{ResourceManager, Traits};
 
-fn main() -> Result<(), nodeshm::Error> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), nodeshm::Error> {
     let universe = mpi::initialize().expect("MPI initialises once");
     let world = universe.world();
     let rm = ResourceManager::new(&world)?;

@@ -89,8 +89,9 @@ pub enum Error {
     },
 
     #[error(
-        "arena full: {requested} bytes requested (with block metadata), largest free block {largest_free} \
-         bytes, {free} bytes free of {capacity}; deallocate blocks or make the arena larger (Traits::size)"
+        "arena full: {} requested (with block metadata), largest free block {}, {} free of {}; \
+         deallocate blocks or make the arena larger (Traits::size)",
+        human_bytes(*requested), human_bytes(*largest_free), human_bytes(*free), human_bytes(*capacity)
     )]
     OutOfSpace {
         requested: u64,

@@ -116,6 +116,23 @@ fn find_suitable(r: &Region, size: u64) -> Option<u64> {
     Some(r.load(head_off(fl, sl)))
 }
 
+/// The fallback when no class above `size`'s is populated: a block of `size`'s own class may
+/// still be large enough (the class spans a range of sizes). First fit along that one list.
+fn find_in_own_class(r: &Region, size: u64) -> Option<u64> {
+    let (fl, sl) = mapping(size);
+    if fl >= l::FL_COUNT {
+        return None;
+    }
+    let mut b = r.load(head_off(fl, sl));
+    while b != 0 {
+        if size_of_block(r, b) >= size {
+            return Some(b);
+        }
+        b = r.load(b + HDR);
+    }
+    None
+}
+
 /// Lays out an empty heap in `[heap_offset, heap_end)`: one free block and the sentinel.
 /// Runs on fresh memory before anyone else can see the arena, so it writes without logging.
 pub(crate) fn init(r: &Region, heap_offset: u64, heap_end: u64) {
@@ -141,7 +158,7 @@ pub(crate) fn capacity(r: &Region) -> u64 {
 pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     let r = *tx.region();
     let want = round_up(size.max(MIN_PAYLOAD), ALIGN);
-    let Some(b) = find_suitable(&r, want) else {
+    let Some(b) = find_suitable(&r, want).or_else(|| find_in_own_class(&r, want)) else {
         return Err(out_of_space(&r, want + HDR));
     };
     remove_free(tx, b)?;

@@ -178,7 +178,7 @@ impl Arena {
         }
         let buckets = options
             .expected_names
-            .unwrap_or(size / 4096)
+            .unwrap_or(size / (16 << 10))
             .clamp(64, 1 << 22)
             .next_power_of_two();
         let buckets_offset = layout::round_up(l::HEADER_SIZE, 64);

@@ -119,7 +119,7 @@ impl Options {
         self
     }
 
-    /// Size the name directory for about this many names (default: one per 4 KiB of arena).
+    /// Size the name directory for about this many names (default: one per 16 KiB of arena).
     /// More names still work, with longer hash chains.
     pub fn expected_names(mut self, names: u64) -> Self {
         self.expected_names = Some(names);

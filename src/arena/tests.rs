@@ -331,3 +331,18 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
         assert_eq!((now.used, now.live_blocks), (stats.used, stats.live_blocks));
     }
 }
+
+/// A request just below the arena's one free block fits, even though it rounds up to a larger
+/// TLSF class than the block's.
+#[test]
+fn nearly_whole_arena_fits_in_one_block() {
+    let dir = TempDir::new();
+    let arena = Arena::create("w", &dir.options(257 << 20)).unwrap();
+    let largest = arena.stats().unwrap().largest_free;
+    let b = arena.allocate("all", 256 << 20).unwrap();
+    assert!(largest > 256 << 20);
+    arena.deallocate(b).unwrap();
+    let request = largest - 256; // minus the entry, name and alignment padding
+    let b = arena.allocate_aligned("max", request, 16).unwrap();
+    assert_eq!(b.len(), request);
+}
