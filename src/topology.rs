@@ -54,6 +54,15 @@ mod imp {
 
     use super::*;
 
+    /// A CPU set as a list ("0-3,8").
+    pub fn cpu_list(cpus: &CpuSet) -> String {
+        let text = cpus.to_string();
+        text.strip_prefix("CpuSet(")
+            .and_then(|t| t.strip_suffix(')'))
+            .unwrap_or(&text)
+            .to_string()
+    }
+
     /// The machine's topology as hwloc sees it.
     pub struct Topology {
         inner: hwlocality::Topology,
@@ -127,12 +136,14 @@ mod imp {
                     os_index: one.os_index(),
                 }),
                 [] => Err(Error::Binding(format!(
-                    "bound to CPUs {cpus}, which belong to no {scope} in the topology"
+                    "bound to CPUs {}, which belong to no {scope} in the topology",
+                    cpu_list(cpus)
                 ))),
                 many => Err(Error::Binding(format!(
-                    "bound to CPUs {cpus}, which span {} {scope}s ({}): a {scope}-scoped \
+                    "bound to CPUs {}, which span {} {scope}s ({}): a {scope}-scoped \
                      allocator needs every rank inside one {scope}; bind ranks with \
                      `mpirun --bind-to core` (or `--bind-to socket`)",
+                    cpu_list(cpus),
                     many.len(),
                     many.iter()
                         .map(|o| format!("#{}", o.logical_index()))
@@ -167,7 +178,7 @@ mod imp {
 }
 
 #[cfg(feature = "hwloc")]
-pub use imp::Topology;
+pub use imp::{cpu_list, Topology};
 
 /// Without hwloc only node scope exists.
 #[cfg(not(feature = "hwloc"))]

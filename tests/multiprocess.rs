@@ -209,8 +209,8 @@ impl Drop for Unlinker<'_> {
 }
 
 fn attach_errors_are_clear() {
-    let dir = std::env::temp_dir().join(format!("nodeshm-attach-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = support::TempDir::new("attach");
+    let dir = tmp.0.clone();
     let opts = |t: u64| {
         Options::new(0)
             .dir(&dir)
@@ -272,8 +272,6 @@ fn attach_errors_are_clear() {
             .contains("the header says 1048576 bytes, the file has 300000"),
         "{err}"
     );
-
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn full_backing_directory_is_an_error_not_a_sigbus() {

@@ -18,6 +18,7 @@
 mod block;
 mod directory;
 mod heap;
+mod inspect;
 mod layout;
 mod lock;
 mod options;
@@ -38,9 +39,10 @@ use parking_lot::Mutex;
 pub use block::Block;
 pub use directory::{EntryInfo, MAX_NAME_LEN};
 pub use heap::HeapReport;
+pub use inspect::{inspect, Inspected, Inspection};
 pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
 pub use options::{Options, Unlink};
-pub use shm::{backing_dir, process_start_time, DEFAULT_SHM_DIR, SHM_DIR_ENV};
+pub use shm::{backing_dir, backing_space, process_start_time, DEFAULT_SHM_DIR, SHM_DIR_ENV};
 
 use crate::error::{Error, Result};
 use layout as l;
@@ -89,6 +91,8 @@ pub struct ArenaInfo {
 /// holds, detaches, and applies the unlink policy.
 pub struct Arena {
     _map: memmap2::MmapRaw,
+    /// Kept open so that tools can reach the arena through /proc/<pid>/fd after it is unlinked.
+    _file: File,
     region: Region,
     path: PathBuf,
     identity: (u64, u64),
@@ -372,6 +376,7 @@ impl Arena {
         let region = unsafe { Region::new(base, map.len() as u64) };
         Ok(Arena {
             _map: map,
+            _file: file,
             region,
             path,
             identity: (meta.dev(), meta.ino()),

@@ -68,6 +68,12 @@ impl Region {
         unsafe { &*(self.at(off, 4) as *const AtomicU32) }
     }
 
+    /// A bounds-checked load for walking metadata that may be changing or damaged (inspection
+    /// without the lock): `None` instead of a panic for an offset outside the arena.
+    pub(crate) fn get(&self, off: u64) -> Option<u64> {
+        (off % 8 == 0 && off.checked_add(8).is_some_and(|e| e <= self.len)).then(|| self.load(off))
+    }
+
     pub(crate) fn load(&self, off: u64) -> u64 {
         self.word(off).load(Ordering::Acquire)
     }

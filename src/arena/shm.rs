@@ -45,10 +45,18 @@ pub(crate) fn validate_object_name(name: &str) -> Result<()> {
     }
 }
 
-/// Free bytes in the file system holding `dir`.
-pub(crate) fn available_bytes(dir: &Path) -> Option<u64> {
+/// Size and free bytes (for unprivileged users) of the file system holding `dir`.
+pub fn backing_space(dir: &Path) -> Option<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+    let fragment = st.fragment_size() as u64;
+    Some((
+        st.blocks() as u64 * fragment,
+        st.blocks_available() as u64 * fragment,
+    ))
+}
+
+pub(crate) fn available_bytes(dir: &Path) -> Option<u64> {
+    backing_space(dir).map(|(_, free)| free)
 }
 
 /// Creates `path` exclusively with exactly `mode` and reserves `size` bytes, so that a full
