@@ -589,6 +589,29 @@ impl Arena {
         Ok(())
     }
 
+    /// Gives one of this process's references to `block` to the arena itself: the block then
+    /// outlives this process (and its handle's drop) for as long as the arena exists. For
+    /// publishing data in persistent arenas (`Unlink::Never`) that tools read later.
+    ///
+    /// Fails with `NotHeld` when this process holds no reference to it.
+    pub fn persist(&self, block: Block<'_>) -> Result<()> {
+        let mut held = self.held.lock();
+        let data = block.offset();
+        match held.get_mut(&data) {
+            Some((_, count)) if *count > 1 => *count -= 1,
+            Some(_) => {
+                held.remove(&data);
+            }
+            None => {
+                return Err(Error::NotHeld {
+                    what: format!("the block at offset {data}"),
+                    detail: "this process holds no reference to it to give away".into(),
+                })
+            }
+        }
+        Ok(())
+    }
+
     /// Usage figures. Takes the lock briefly.
     pub fn stats(&self) -> Result<Stats> {
         self.locked(|tx| Ok(stats_of(tx.region())))

@@ -346,3 +346,30 @@ fn nearly_whole_arena_fits_in_one_block() {
     let b = arena.allocate_aligned("max", request, 16).unwrap();
     assert_eq!(b.len(), request);
 }
+
+#[test]
+fn persisted_blocks_outlive_the_handle() {
+    let dir = TempDir::new();
+    let options = dir.options(1 << 20).unlink(Unlink::Never);
+    let arena = Arena::create("keep", &options).unwrap();
+    let b = arena.allocate("published", 100).unwrap();
+    let c = arena.allocate("private", 100).unwrap();
+    arena.persist(b).unwrap();
+    assert_eq!(arena.persist(b).unwrap_err().code(), ErrorCode::NotHeld);
+    assert_eq!(arena.deallocate(b).unwrap_err().code(), ErrorCode::NotHeld);
+    let _ = c;
+    drop(arena);
+    let again = Arena::attach_with("keep", &options).unwrap();
+    let names: Vec<String> = again
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["published"],
+        "the persisted block stays, the other was released on drop"
+    );
+    again.unlink().unwrap();
+}

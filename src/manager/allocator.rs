@@ -90,6 +90,11 @@ impl Allocator {
         self.0.arena.deallocate(block)
     }
 
+    /// Hands one reference to the arena so the block outlives this rank (see [`Arena::persist`]).
+    pub fn persist(&self, block: Block<'_>) -> Result<()> {
+        self.0.arena.persist(block)
+    }
+
     /// The block `name` if it exists, taking a reference (release it with `deallocate`).
     pub fn find(&self, name: &str) -> Result<Option<Block<'_>>> {
         self.0.arena.find(name)
@@ -189,6 +194,12 @@ impl<'a, T: bytemuck::Pod> SharedSlice<'a, T> {
     /// The underlying block.
     pub fn block(&self) -> Block<'a> {
         self.block
+    }
+
+    /// Keeps the table in the arena after this rank is done with it (see [`Arena::persist`]).
+    pub fn persist(self) -> Result<()> {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.allocator.persist(this.block)
     }
 }
 

@@ -86,21 +86,31 @@ fn ls(dir: &Path, json: bool) -> Result<(), String> {
         );
         return Ok(());
     }
-    println!(
-        "{:<10} {:<48} {:<20} {:<10} {:>10} {:>10} {:>6} {:>8} attached",
-        "state", "shm name", "allocator", "scope", "size", "used", "blocks", "creator"
-    );
-    for r in &rows {
-        let name = if r.named {
+    let label = |r: &scan::Row| {
+        if r.named {
             r.shm_name.clone()
         } else {
             format!("{} (unlinked)", r.shm_name)
-        };
+        }
+    };
+    let w = rows.iter().map(|r| label(r).len()).max().unwrap_or(8);
+    let a = rows
+        .iter()
+        .map(|r| r.allocator.len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
+    println!(
+        "{:<10} {:<w$} {:<a$} {:<10} {:>10} {:>10} {:>6} {:>8} attached",
+        "state", "shm name", "allocator", "scope", "size", "used", "blocks", "creator"
+    );
+    for r in &rows {
+        let name = label(r);
         let size = human_bytes(r.size);
         let used = human_bytes(r.used);
         let short = |s: &str| s.split(" (").next().unwrap_or(s).to_string();
         println!(
-            "{:<10} {:<48} {:<20} {:<10} {:>10} {:>10} {:>6} {:>8} {}",
+            "{:<10} {:<w$} {:<a$} {:<10} {:>10} {:>10} {:>6} {:>8} {}",
             r.state,
             name,
             r.allocator,
