@@ -40,6 +40,8 @@ pub enum ErrorCode {
     Unsupported = 14,
     Corrupted = 15,
     Placement = 16,
+    /// A bug in nodeshm (a panic caught at the C boundary).
+    Internal = 17,
 }
 
 impl ErrorCode {
@@ -63,6 +65,7 @@ impl ErrorCode {
             Unsupported,
             Corrupted,
             Placement,
+            Internal,
         ]
         .into_iter()
         .find(|c| *c as i32 == value)
@@ -152,6 +155,9 @@ pub enum Error {
     #[error("memory placement: {0}")]
     Placement(String),
 
+    #[error("internal error in nodeshm (please report it): {0}")]
+    Internal(String),
+
     /// An error that happened on one rank of a collective call and is returned on every rank.
     #[error("{message} (on rank {rank}{})", if *failed_ranks > 1 { format!(" and {} other rank(s)", failed_ranks - 1) } else { String::new() })]
     Collective {
@@ -182,6 +188,7 @@ impl Error {
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::Corrupted(_) => ErrorCode::Corrupted,
             Error::Placement(_) => ErrorCode::Placement,
+            Error::Internal(_) => ErrorCode::Internal,
             Error::Collective { code, .. } => *code,
         }
     }

@@ -13,6 +13,8 @@ pub mod error;
 pub mod topology;
 
 #[cfg(feature = "mpi")]
+pub mod capi;
+#[cfg(feature = "mpi")]
 pub mod manager;
 
 pub use arena::{Arena, Block};

@@ -697,6 +697,33 @@ impl Arena {
         })
     }
 
+    /// The user lock without a guard, for the C API (which cannot hold a Rust borrow): returns
+    /// whether the previous owner died. Pair with [`Arena::unlock_user_raw`] on the same thread.
+    pub(crate) fn lock_user_raw(&self, timeout: Duration) -> Result<bool> {
+        let guard = self.lock_user(timeout)?;
+        let died = guard.previous_owner_died();
+        std::mem::forget(guard);
+        Ok(died)
+    }
+
+    /// Releases the user lock taken by [`Arena::lock_user_raw`]; `NotHeld` if this thread does
+    /// not hold it.
+    pub(crate) fn unlock_user_raw(&self) -> Result<()> {
+        // SAFETY: the mutex is initialised; pthread reports EPERM if this thread is not the owner
+        // (robust mutexes always check ownership), so a wrong call is an error, not UB.
+        let rc = unsafe { libc::pthread_mutex_unlock(self.mutex(l::USER_LOCK)) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Error::NotHeld {
+                what: "the user lock".into(),
+                detail: "this thread does not hold it (unlock only after a successful lock, on \
+                         the same thread)"
+                    .into(),
+            })
+        }
+    }
+
     /// Test support: takes the arena lock, starts creating block `name` and stops halfway
     /// (some metadata words changed, the update not committed), calls `halted`, then sleeps
     /// forever. Tests kill the process at that point to check crash recovery.
