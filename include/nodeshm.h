@@ -59,6 +59,17 @@ extern "C" {
 #define NODESHM_UNLINK_ON_LAST_DETACH 1
 #define NODESHM_UNLINK_NEVER 2         /* persists for tools; remove with `nodeshm gc` */
 
+/* NUMA placement of an arena's pages. */
+#define NODESHM_NUMA_AUTO 0        /* bind to the socket/NUMA node; interleave for node scope (default) */
+#define NODESHM_NUMA_FIRST_TOUCH 1
+#define NODESHM_NUMA_BIND 2        /* an error if the kernel refuses */
+#define NODESHM_NUMA_INTERLEAVE 3
+
+/* Page size of an arena. */
+#define NODESHM_HUGE_NEVER 0       /* base pages (default) */
+#define NODESHM_HUGE_TRANSPARENT 1 /* madvise(MADV_HUGEPAGE); tmpfs mounted huge=advise|always */
+#define NODESHM_HUGE_REQUIRED 2    /* hugetlbfs; an error naming the pages needed if too few are free */
+
 typedef struct NodeshmManager nodeshm_manager_t;
 typedef struct NodeshmAllocator nodeshm_allocator_t;
 typedef struct NodeshmTraits nodeshm_traits_t;
@@ -87,6 +98,9 @@ int nodeshm_traits_set_unlink(nodeshm_traits_t *t, int policy);    /* NODESHM_UN
 int nodeshm_traits_set_mode(nodeshm_traits_t *t, uint32_t mode);   /* default 0600 */
 int nodeshm_traits_set_dir(nodeshm_traits_t *t, const char *dir);  /* NULL: $NODESHM_SHM_DIR or /dev/shm */
 int nodeshm_traits_set_timeouts(nodeshm_traits_t *t, double attach_s, double lock_s);
+int nodeshm_traits_set_numa(nodeshm_traits_t *t, int policy);     /* NODESHM_NUMA_* */
+/* NODESHM_HUGE_*, and prefault != 0 to map every page in every rank at creation. */
+int nodeshm_traits_set_pages(nodeshm_traits_t *t, int huge, int prefault);
 int nodeshm_traits_destroy(nodeshm_traits_t *t);                   /* NULL is fine */
 
 /* Collective over `comm` (Fortran handle; MPI must be initialised): a resource manager. */

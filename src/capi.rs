@@ -15,8 +15,10 @@ use mpi::ffi::MPI_Comm;
 use mpi::raw::{AsRaw, FromRaw};
 use mpi::topology::SimpleCommunicator;
 
+use crate::arena::HugePages;
 use crate::error::{Error, ErrorCode, Result};
 use crate::manager::{Allocator, ResourceManager, Traits, UnlinkPolicy};
+use crate::placement::NumaPolicy;
 use crate::topology::Scope;
 
 /// Opaque manager handle.
@@ -216,6 +218,55 @@ pub unsafe extern "C" fn nodeshm_traits_set_unlink(t: *mut NodeshmTraits, policy
             _ => Err(Error::InvalidArgument(format!(
                 "unlink policy {policy}: use NODESHM_UNLINK_*"
             ))),
+        })
+    }
+}
+
+/// NUMA policy: `NODESHM_NUMA_AUTO` (0), `_FIRST_TOUCH` (1), `_BIND` (2), `_INTERLEAVE` (3).
+///
+/// # Safety
+/// `t` is NULL or a live traits handle.
+#[no_mangle]
+pub unsafe extern "C" fn nodeshm_traits_set_numa(t: *mut NodeshmTraits, policy: c_int) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe {
+        edit(t, |tr| match policy {
+            0 => Ok(tr.numa(NumaPolicy::Auto)),
+            1 => Ok(tr.numa(NumaPolicy::FirstTouch)),
+            2 => Ok(tr.numa(NumaPolicy::Bind)),
+            3 => Ok(tr.numa(NumaPolicy::Interleave)),
+            _ => Err(Error::InvalidArgument(format!(
+                "NUMA policy {policy}: use NODESHM_NUMA_*"
+            ))),
+        })
+    }
+}
+
+/// Huge pages: `NODESHM_HUGE_NEVER` (0), `_TRANSPARENT` (1), `_REQUIRED` (2); and prefault
+/// (non-zero: every rank maps every page at creation).
+///
+/// # Safety
+/// `t` is NULL or a live traits handle.
+#[no_mangle]
+pub unsafe extern "C" fn nodeshm_traits_set_pages(
+    t: *mut NodeshmTraits,
+    huge: c_int,
+    prefault: c_int,
+) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe {
+        edit(t, |tr| {
+            let huge = match huge {
+                0 => HugePages::Never,
+                1 => HugePages::Transparent,
+                2 => HugePages::Required,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "huge pages {huge}: use NODESHM_HUGE_*"
+                    )))
+                }
+            };
+            Ok(tr.huge_pages(huge).prefault(prefault != 0))
         })
     }
 }

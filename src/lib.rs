@@ -10,6 +10,7 @@ pub mod arena;
 #[cfg(feature = "mpi")]
 pub mod comm;
 pub mod error;
+pub mod placement;
 pub mod topology;
 
 #[cfg(feature = "mpi")]
@@ -17,8 +18,10 @@ pub mod capi;
 #[cfg(feature = "mpi")]
 pub mod manager;
 
+pub use arena::HugePages;
 pub use arena::{Arena, Block};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "mpi")]
 pub use manager::{Allocator, ResourceManager, SharedSlice, Traits, UnlinkPolicy};
+pub use placement::{NumaPolicy, Placement};
 pub use topology::{Scope, ScopeInstance};

@@ -120,7 +120,7 @@ fn cmake_package_examples_and_bad_input() {
     for exe in ["bad_input", "bad_input_static"] {
         let out = mpirun(2, &work.join("tests").join(exe));
         assert_eq!(
-            out.lines().filter(|l| *l == "41 passed, 0 failed").count(),
+            out.lines().filter(|l| *l == "45 passed, 0 failed").count(),
             2,
             "{exe}:\n{out}"
         );

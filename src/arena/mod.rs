@@ -41,8 +41,11 @@ pub use directory::{EntryInfo, MAX_NAME_LEN};
 pub use heap::HeapReport;
 pub use inspect::{inspect, Inspected, Inspection};
 pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
-pub use options::{Options, Unlink};
-pub use shm::{backing_dir, backing_space, process_start_time, DEFAULT_SHM_DIR, SHM_DIR_ENV};
+pub use options::{HugePages, Options, Unlink};
+pub use shm::{
+    backing_dir, backing_kind, backing_space, process_start_time, BackingKind, DEFAULT_SHM_DIR,
+    SHM_DIR_ENV,
+};
 
 use crate::error::{Error, Result};
 use layout as l;
@@ -97,6 +100,8 @@ pub struct Arena {
     path: PathBuf,
     identity: (u64, u64),
     creator: bool,
+    /// False while `create` is still initialising: dropping such a handle only unmaps.
+    ready: bool,
     /// getpid() is a system call; the lock records the holder on every update.
     pid: u32,
     lock_timeout: Duration,
@@ -169,10 +174,38 @@ impl Arena {
     ///
     /// Fails with `AlreadyExists` if the name is taken, `NoSpaceInBacking` if the backing file
     /// system cannot hold `options.size` bytes, `InvalidArgument` for a size too small for the
-    /// header and directory.
+    /// header and directory, `Placement` when huge pages were required and are not available.
     pub fn create(name: &str, options: &Options) -> Result<Arena> {
+        Self::create_with(name, options, |_| Ok(()))
+    }
+
+    /// Like [`Arena::create`], and `place` runs on the new mapping after it is mapped and before
+    /// any of its pages exist (they are allocated right after, by the reservation): the place to
+    /// set a NUMA memory policy on it. An error from `place` aborts the creation.
+    pub fn create_with(
+        name: &str,
+        options: &Options,
+        place: impl FnOnce(&[u8]) -> Result<()>,
+    ) -> Result<Arena> {
         shm::validate_object_name(name)?;
-        let page = page_size();
+        let dir = shm::backing_dir(options.dir.as_deref());
+        let page = match (shm::backing_kind(&dir), options.huge) {
+            (shm::BackingKind::Hugetlbfs { page_size }, _) => page_size,
+            (kind, HugePages::Required) => {
+                return Err(Error::Placement(format!(
+                    "HugePages::Required needs a hugetlbfs backing directory, and {} is {}; \
+                     mount one (mount -t hugetlbfs none /dev/hugepages) and pass it as the \
+                     directory, or use HugePages::Transparent",
+                    dir.display(),
+                    if kind == shm::BackingKind::Tmpfs {
+                        "tmpfs"
+                    } else {
+                        "not hugetlbfs"
+                    }
+                )))
+            }
+            _ => page_size(),
+        };
         let size = layout::round_up(options.size.max(1), page);
         if size >= l::MAX_ARENA_SIZE {
             return Err(Error::InvalidArgument(format!(
@@ -194,10 +227,24 @@ impl Arena {
                  names take {heap_offset} bytes; ask for at least {minimum} bytes"
             )));
         }
-        let path = shm::backing_dir(options.dir.as_deref()).join(name);
+        let path = dir.join(name);
         let file = shm::create(&path, options.mode, size)?;
-        let arena = Self::map(file, path, true, options.lock_timeout).inspect_err(|_| {
-            let _ = std::fs::remove_file(shm::backing_dir(options.dir.as_deref()).join(name));
+        let prepared = Self::map(file, path.clone(), true, options).and_then(|arena| {
+            // SAFETY: the file was just created with O_EXCL and has no header yet, so no other
+            // process uses this memory; `place` gets it only to name the address range (hwloc
+            // binds by address) and the slice does not outlive this call.
+            let fresh = unsafe {
+                std::slice::from_raw_parts(
+                    arena.region.base().as_ptr(),
+                    arena.region.len() as usize,
+                )
+            };
+            place(fresh)?;
+            shm::reserve(&arena._file, &path, size)?;
+            Ok(arena)
+        });
+        let mut arena = prepared.inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
         })?;
         let r = arena.region;
         let (policy, peers) = options.unlink.encode();
@@ -236,6 +283,7 @@ impl Arena {
         r.write_bytes(l::MAGIC_OFF, &l::MAGIC);
         r.word32(l::INIT_STATE)
             .store(l::INIT_READY, std::sync::atomic::Ordering::Release);
+        arena.ready = true;
         if let Unlink::AfterAttach { peers: 0 } = options.unlink {
             arena.unlink()?;
         }
@@ -256,10 +304,11 @@ impl Arena {
     pub fn attach_with(name: &str, options: &Options) -> Result<Arena> {
         shm::validate_object_name(name)?;
         let path = shm::backing_dir(options.dir.as_deref()).join(name);
-        Self::attach_path(&path, options.attach_timeout, options.lock_timeout)
+        Self::attach_path(&path, options)
     }
 
-    fn attach_path(path: &Path, timeout: Duration, lock_timeout: Duration) -> Result<Arena> {
+    fn attach_path(path: &Path, options: &Options) -> Result<Arena> {
+        let timeout = options.attach_timeout;
         let start = Instant::now();
         let mut pause = Duration::from_micros(200);
         let mut last_state = "does not exist";
@@ -267,7 +316,7 @@ impl Arena {
             if let Some(file) = shm::open_existing(path, true)? {
                 match Self::check_ready(&file, path)? {
                     None => {
-                        let arena = Self::map(file, path.to_path_buf(), false, lock_timeout)?;
+                        let arena = Self::map(file, path.to_path_buf(), false, options)?;
                         arena.count_attach()?;
                         return Ok(arena);
                     }
@@ -360,16 +409,27 @@ impl Arena {
         Ok(None)
     }
 
-    fn map(file: File, path: PathBuf, creator: bool, lock_timeout: Duration) -> Result<Arena> {
+    fn map(file: File, path: PathBuf, creator: bool, options: &Options) -> Result<Arena> {
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
         let map = memmap2::MmapOptions::new().map_raw(&file).map_err(|e| {
-            Error::io(
-                format!("mapping {} ({} bytes)", path.display(), meta.len()),
-                e,
-            )
+            match (e.raw_os_error(), shm::backing_kind(dir)) {
+                (Some(libc::ENOMEM), shm::BackingKind::Hugetlbfs { page_size }) => {
+                    shm::huge_pages_error(dir, meta.len(), page_size)
+                }
+                _ => Error::io(
+                    format!("mapping {} ({} bytes)", path.display(), meta.len()),
+                    e,
+                ),
+            }
         })?;
+        if options.huge == HugePages::Transparent {
+            // Advice only: whether tmpfs then uses huge pages depends on its mount (huge=) and
+            // /sys/kernel/mm/transparent_hugepage/shmem_enabled; placement() reports the outcome.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
         let base = std::ptr::NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
         // SAFETY: the mapping is page-aligned, readable and writable, `map.len()` bytes long, and
         // lives in `_map` for as long as the Arena (and so every Region copy it hands out).
@@ -381,8 +441,9 @@ impl Arena {
             path,
             identity: (meta.dev(), meta.ino()),
             creator,
+            ready: !creator,
             pid: std::process::id(),
-            lock_timeout,
+            lock_timeout: options.lock_timeout,
             held: Mutex::new(HeldMap::default()),
         })
     }
@@ -676,6 +737,28 @@ impl Arena {
         Ok(())
     }
 
+    /// Maps every page of the arena into this process's page tables now (the pages themselves
+    /// exist since the reservation), so that later accesses take no page faults. Returns how
+    /// long it took. Uses MADV_POPULATE_READ, or reads one byte per page on kernels without it.
+    pub fn populate(&self) -> Result<Duration> {
+        let start = Instant::now();
+        let base = self.region.base().as_ptr();
+        let len = self.region.len() as usize;
+        // SAFETY: the range is exactly this process's live mapping; POPULATE_READ only faults
+        // pages in, it changes no contents.
+        let rc = unsafe { libc::madvise(base.cast(), len, libc::MADV_POPULATE_READ) };
+        if rc != 0 {
+            let step = page_size() as usize;
+            for off in (0..len).step_by(step) {
+                // SAFETY: `off` is inside the mapping; a volatile read of one byte per page
+                // only faults the page in. Races with writers are harmless for a discarded byte
+                // read through a raw pointer (no reference is formed).
+                unsafe { std::ptr::read_volatile(base.add(off)) };
+            }
+        }
+        Ok(start.elapsed())
+    }
+
     /// Records the memory placement that was applied (shown by `nodeshm stat`).
     pub fn set_placement(&self, text: &str) {
         write_str(&self.region, l::PLACEMENT, text);
@@ -763,6 +846,9 @@ impl Drop for UserLock<'_> {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if !self.ready {
+            return;
+        }
         let held: Vec<(u64, u64)> = self
             .held
             .lock()

@@ -46,6 +46,20 @@ impl std::fmt::Display for Unlink {
     }
 }
 
+/// Page size policy of an arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HugePages {
+    /// The system's base pages (default).
+    #[default]
+    Never,
+    /// Ask for transparent huge pages (madvise MADV_HUGEPAGE); tmpfs honours it when mounted
+    /// with `huge=advise` or `huge=always` (or shmem_enabled says so).
+    Transparent,
+    /// hugetlbfs pages: the backing directory must be a hugetlbfs mount with enough free huge
+    /// pages (an error at creation otherwise); the size is rounded up to the huge page size.
+    Required,
+}
+
 /// Options for [`crate::arena::Arena::create`] and [`crate::arena::Arena::attach_with`].
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -58,6 +72,7 @@ pub struct Options {
     pub(crate) lock_timeout: Duration,
     pub(crate) attach_timeout: Duration,
     pub(crate) expected_names: Option<u64>,
+    pub(crate) huge: HugePages,
 }
 
 impl Options {
@@ -74,6 +89,7 @@ impl Options {
             lock_timeout: Duration::from_secs(30),
             attach_timeout: Duration::from_secs(30),
             expected_names: None,
+            huge: HugePages::Never,
         }
     }
 
@@ -116,6 +132,13 @@ impl Options {
     /// Longest wait for an arena to appear when attaching.
     pub fn attach_timeout(mut self, timeout: Duration) -> Self {
         self.attach_timeout = timeout;
+        self
+    }
+
+    /// Page size policy (default [`HugePages::Never`]). Pass the same to `attach_with` so
+    /// that every process's mapping gets the same advice.
+    pub fn huge_pages(mut self, huge: HugePages) -> Self {
+        self.huge = huge;
         self
     }
 

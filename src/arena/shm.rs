@@ -59,9 +59,57 @@ pub(crate) fn available_bytes(dir: &Path) -> Option<u64> {
     backing_space(dir).map(|(_, free)| free)
 }
 
-/// Creates `path` exclusively with exactly `mode` and reserves `size` bytes, so that a full
-/// backing file system is an error now rather than a SIGBUS on first touch. On failure nothing
-/// is left behind.
+/// What kind of file system a backing directory is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackingKind {
+    /// tmpfs (`/dev/shm`): 4 KiB pages, or transparent huge pages when the mount allows.
+    Tmpfs,
+    /// hugetlbfs: every page is a huge page of this many bytes.
+    Hugetlbfs { page_size: u64 },
+    /// Anything else (a disk file system works, but is not memory).
+    Other,
+}
+
+/// The kind of file system holding `dir`.
+pub fn backing_kind(dir: &Path) -> BackingKind {
+    match nix::sys::statfs::statfs(dir) {
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC => {
+            BackingKind::Hugetlbfs {
+                page_size: st.block_size() as u64,
+            }
+        }
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC => BackingKind::Tmpfs,
+        _ => BackingKind::Other,
+    }
+}
+
+/// Free huge pages of the default size, from /proc/meminfo.
+fn free_huge_pages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The error for a hugetlbfs arena that does not fit in the free huge pages.
+pub(crate) fn huge_pages_error(dir: &Path, size: u64, page_size: u64) -> Error {
+    let needed = size.div_ceil(page_size);
+    let free = free_huge_pages();
+    Error::Placement(format!(
+        "cannot reserve {needed} huge pages of {} for a {} arena in {}: {free} are free \
+         (HugePages_Free); reserve more as root (echo {} > /proc/sys/vm/nr_hugepages) or use \
+         transparent huge pages instead",
+        crate::error::human_bytes(page_size),
+        crate::error::human_bytes(size),
+        dir.display(),
+        needed + free,
+    ))
+}
+
+/// Creates `path` exclusively with exactly `mode` and sets its size to `size` (not reserved
+/// yet: see [`reserve`]). The caller removes the file if a later step fails.
 pub(crate) fn create(path: &Path, mode: u32, size: u64) -> Result<File> {
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
     let fd =
@@ -78,30 +126,42 @@ pub(crate) fn create(path: &Path, mode: u32, size: u64) -> Result<File> {
             e => Error::io(format!("creating {}", path.display()), e),
         })?;
     let file = File::from(fd);
-    let reserve = || -> Result<()> {
+    let setup = || -> Result<()> {
         // umask may have cleared bits the caller asked for (e.g. 0660 for a group).
         nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
             .map_err(|e| Error::io(format!("setting mode {mode:o} on {}", path.display()), e))?;
-        let len = i64::try_from(size)
-            .map_err(|_| Error::InvalidArgument(format!("arena size {size} is too large")))?;
-        match nix::fcntl::posix_fallocate(file.as_fd(), 0, len) {
-            Ok(()) => Ok(()),
-            Err(Errno::ENOSPC) | Err(Errno::EFBIG) => Err(Error::NoSpaceInBacking {
-                dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
-                requested: size,
-                available: path.parent().and_then(available_bytes).unwrap_or(0),
-            }),
-            Err(e) => Err(Error::io(
-                format!("reserving {size} bytes for {}", path.display()),
-                e,
-            )),
-        }
+        file.set_len(size)
+            .map_err(|e| Error::io(format!("sizing {} to {size} bytes", path.display()), e))
     };
-    if let Err(e) = reserve() {
+    if let Err(e) = setup() {
         let _ = std::fs::remove_file(path);
         return Err(e);
     }
     Ok(file)
+}
+
+/// Reserves every byte of `file` now, so that a full backing file system (or too few huge
+/// pages) is an error here rather than a SIGBUS on first touch. Pages are allocated under the
+/// memory policy already set on the mapping, which is how NUMA placement is applied.
+pub(crate) fn reserve(file: &File, path: &Path, size: u64) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let len = i64::try_from(size)
+        .map_err(|_| Error::InvalidArgument(format!("arena size {size} is too large")))?;
+    match nix::fcntl::posix_fallocate(file.as_fd(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(Errno::ENOSPC) | Err(Errno::EFBIG) | Err(Errno::ENOMEM) => match backing_kind(dir) {
+            BackingKind::Hugetlbfs { page_size } => Err(huge_pages_error(dir, size, page_size)),
+            _ => Err(Error::NoSpaceInBacking {
+                dir: dir.to_path_buf(),
+                requested: size,
+                available: available_bytes(dir).unwrap_or(0),
+            }),
+        },
+        Err(e) => Err(Error::io(
+            format!("reserving {size} bytes for {}", path.display()),
+            e,
+        )),
+    }
 }
 
 /// Opens an existing shm object read-write; `Ok(None)` when it does not exist (yet).

@@ -12,12 +12,14 @@ use crate::arena::{Arena, Block, EntryInfo, Stats, UserLock};
 use crate::comm::{self, OwnedComm};
 use crate::error::{Error, Result};
 use crate::manager::Traits;
+use crate::placement::{self, Placement};
 use crate::topology::ScopeInstance;
 
 pub(crate) struct Inner {
     pub(crate) name: String,
     pub(crate) traits: Traits,
     pub(crate) instance: ScopeInstance,
+    pub(crate) prefault: Option<Duration>,
     // Field order is drop order: release blocks and unmap before freeing the communicator.
     pub(crate) arena: Arena,
     pub(crate) comm: OwnedComm,
@@ -61,6 +63,26 @@ impl Allocator {
     /// Umpire's `get_communicator_for_allocator`.
     pub fn communicator(&self) -> &SimpleCommunicator {
         &self.0.comm
+    }
+
+    /// Where this rank's arena memory is: the policy asked for, what was applied, and what the
+    /// kernel reports for this rank's mapping right now (NUMA nodes and pages per node, page
+    /// size, huge pages, resident bytes), plus how long prefaulting took.
+    pub fn placement(&self) -> Placement {
+        let inner = &self.0;
+        let view = placement::kernel_view(inner.arena.base_ptr() as usize);
+        Placement {
+            numa_asked: inner.traits.numa,
+            numa_applied: inner.arena.info().placement,
+            kernel_policy: view.policy,
+            pages_per_node: view.pages_per_node,
+            huge_asked: inner.traits.huge_pages,
+            page_size: view.page_size,
+            thp_bytes: view.thp_bytes,
+            hugetlb_bytes: view.hugetlb_bytes,
+            resident_bytes: view.resident_bytes,
+            prefault: inner.prefault,
+        }
     }
 
     /// The arena itself, for everything the allocator does not wrap.

@@ -9,14 +9,19 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use std::time::Duration;
+
+use mpi::collective::SystemOperation;
 use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
 
 pub use allocator::{Allocator, SharedSlice};
 pub use traits::{Traits, UnlinkPolicy};
 
-use crate::arena::{Arena, Options, Unlink};
+use crate::arena::{Arena, HugePages, Options, Unlink};
 use crate::comm::{self, OwnedComm};
 use crate::error::{Error, Result};
+use crate::placement;
 use crate::topology::{ScopeInstance, Topology};
 
 /// Prefix every allocator name carries (as in Umpire).
@@ -113,11 +118,23 @@ impl ResourceManager {
         let scope_comm = comm::split_by(&self.node, instance.index as i32)?;
         scope_comm.set_name(name);
         let shm_name = self.shm_name(name, &instance);
-        let options = self.arena_options(name, &traits, &instance, scope_comm.size() as u32 - 1);
+        let options = comm::agree(
+            comm,
+            self.arena_options(name, &traits, &instance, scope_comm.size() as u32 - 1),
+        )?;
+        let plan = placement::plan(&self.topology, &instance, traits.numa);
 
         let leader = scope_comm.rank() == 0;
         let created = if leader {
-            Arena::create(&shm_name, &options).map(|a| Some(Fresh(Some(a))))
+            let mut applied = String::new();
+            Arena::create_with(&shm_name, &options, |area| {
+                applied = placement::apply(&self.topology, area, &plan)?;
+                Ok(())
+            })
+            .map(|a| {
+                a.set_placement(&applied);
+                Some(Fresh(Some(a)))
+            })
         } else {
             Ok(None)
         };
@@ -128,10 +145,18 @@ impl ResourceManager {
         };
         // If any peer failed, every Fresh is dropped here and the leader's name is removed.
         let arena = comm::agree(comm, arena)?.keep();
+        let prefault = traits.prefault.then(|| {
+            // Every rank of the instance at once; the slowest one is what the job waits for.
+            let mine = arena.populate().unwrap_or_default().as_secs_f64();
+            let mut slowest = 0f64;
+            scope_comm.all_reduce_into(&mine, &mut slowest, SystemOperation::max());
+            Duration::from_secs_f64(slowest)
+        });
         let allocator = Allocator(Rc::new(allocator::Inner {
             name: name.to_string(),
             traits,
             instance,
+            prefault,
             arena,
             comm: scope_comm,
         }));
@@ -220,7 +245,7 @@ impl ResourceManager {
         traits: &Traits,
         instance: &ScopeInstance,
         peers: u32,
-    ) -> Options {
+    ) -> Result<Options> {
         let mut options = Options::new(traits.size)
             .mode(traits.mode)
             .unlink(match traits.unlink {
@@ -232,13 +257,26 @@ impl ResourceManager {
             .label(format!("{name} {instance}"))
             .attach_timeout(traits.attach_timeout)
             .lock_timeout(traits.lock_timeout);
-        if let Some(dir) = &traits.dir {
-            options = options.dir(dir);
+        options = options.huge_pages(traits.huge_pages);
+        match (&traits.dir, traits.huge_pages) {
+            (Some(dir), _) => options = options.dir(dir),
+            (None, HugePages::Required) => {
+                let mount = placement::hugetlbfs_mount().ok_or_else(|| {
+                    Error::Placement(format!(
+                        "allocator {name:?} requires huge pages but no hugetlbfs is mounted on \
+                         {}; mount one (mount -t hugetlbfs none /dev/hugepages) or pass its \
+                         directory with Traits::dir",
+                        hostname()
+                    ))
+                })?;
+                options = options.dir(mount);
+            }
+            (None, _) => {}
         }
         if let Some(n) = traits.expected_names {
             options = options.expected_names(n);
         }
-        options
+        Ok(options)
     }
 }
 

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::arena::HugePages;
+use crate::placement::NumaPolicy;
 use crate::topology::Scope;
 
 /// When an allocator's shm name disappears from the backing directory.
@@ -31,6 +33,9 @@ pub struct Traits {
     pub(crate) attach_timeout: Duration,
     pub(crate) lock_timeout: Duration,
     pub(crate) expected_names: Option<u64>,
+    pub(crate) numa: NumaPolicy,
+    pub(crate) huge_pages: HugePages,
+    pub(crate) prefault: bool,
 }
 
 impl Traits {
@@ -47,6 +52,9 @@ impl Traits {
             attach_timeout: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(30),
             expected_names: None,
+            numa: NumaPolicy::Auto,
+            huge_pages: HugePages::Never,
+            prefault: false,
         }
     }
 
@@ -92,6 +100,27 @@ impl Traits {
         self
     }
 
+    /// NUMA placement of the arena's pages (default [`NumaPolicy::Auto`]).
+    pub fn numa(mut self, numa: NumaPolicy) -> Self {
+        self.numa = numa;
+        self
+    }
+
+    /// Page size (default [`HugePages::Never`]). `Required` uses `dir` if it is a hugetlbfs
+    /// mount, else the first hugetlbfs mount of the system.
+    pub fn huge_pages(mut self, huge: HugePages) -> Self {
+        self.huge_pages = huge;
+        self
+    }
+
+    /// After creation, every rank maps all of the arena's pages into its page tables (in
+    /// parallel), so that first accesses take no page faults; the time it took is in
+    /// [`crate::Allocator::placement`]. Default off.
+    pub fn prefault(mut self, prefault: bool) -> Self {
+        self.prefault = prefault;
+        self
+    }
+
     /// Arena size asked for.
     pub fn size(&self) -> u64 {
         self.size
@@ -110,8 +139,16 @@ impl Traits {
     /// What must be equal on every rank, as text (for the collective check and its message).
     pub(crate) fn describe(&self) -> String {
         format!(
-            "size={} scope={} unlink={:?} mode={:o} dir={:?} names={:?}",
-            self.size, self.scope, self.unlink, self.mode, self.dir, self.expected_names
+            "size={} scope={} unlink={:?} mode={:o} dir={:?} names={:?} numa={:?} huge={:?} prefault={}",
+            self.size,
+            self.scope,
+            self.unlink,
+            self.mode,
+            self.dir,
+            self.expected_names,
+            self.numa,
+            self.huge_pages,
+            self.prefault
         )
     }
 }

@@ -30,6 +30,10 @@ int main(int argc, char **argv) {
     expect("bad scope", nodeshm_traits_set_scope(t, 7), NODESHM_EINVAL, "scope 7");
     expect("bad unlink policy", nodeshm_traits_set_unlink(t, -1), NODESHM_EINVAL, "unlink policy");
     expect("NULL traits", nodeshm_traits_set_mode(NULL, 0600), NODESHM_EINVAL, "traits is NULL");
+    expect("bad NUMA policy", nodeshm_traits_set_numa(t, 9), NODESHM_EINVAL, "NUMA policy 9");
+    expect("bad huge pages", nodeshm_traits_set_pages(t, 5, 0), NODESHM_EINVAL, "huge pages 5");
+    expect("NUMA auto", nodeshm_traits_set_numa(t, NODESHM_NUMA_AUTO), NODESHM_OK, NULL);
+    expect("prefault", nodeshm_traits_set_pages(t, NODESHM_HUGE_NEVER, 1), NODESHM_OK, NULL);
     expect("negative timeout", nodeshm_traits_set_timeouts(t, -1.0, 1.0), NODESHM_EINVAL, "attach timeout");
 
     expect("NULL manager", nodeshm_make_resource(NULL, "SHARED::x", t, &a), NODESHM_EINVAL, "manager is NULL");

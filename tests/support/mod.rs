@@ -109,6 +109,11 @@ pub struct SmallTmpfs(pub std::path::PathBuf);
 
 impl SmallTmpfs {
     pub fn mount(size: &str) -> Self {
+        Self::mount_with(size, "mode=1777")
+    }
+
+    /// A tmpfs of `size` with extra mount options (e.g. "huge=always").
+    pub fn mount_with(size: &str, extra: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("nodeshm-tmpfs-{}-{size}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let status = std::process::Command::new("mount")
@@ -116,7 +121,7 @@ impl SmallTmpfs {
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=1777"),
+                &format!("size={size},{extra}"),
                 "nodeshm-test",
             ])
             .arg(&dir)
@@ -211,5 +216,65 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Raises /proc/sys/vm/nr_hugepages by `pages` for the test and puts the old value back.
+pub struct HugePagesReserved(u64);
+
+impl HugePagesReserved {
+    pub fn reserve(pages: u64) -> Self {
+        let path = "/proc/sys/vm/nr_hugepages";
+        let old: u64 = std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::fs::write(path, (old + pages).to_string()).expect("raising nr_hugepages (root)");
+        let now: u64 = std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            now >= old + pages,
+            "the kernel gave only {now} huge pages of the {} asked",
+            old + pages
+        );
+        HugePagesReserved(old)
+    }
+}
+
+impl Drop for HugePagesReserved {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/vm/nr_hugepages", self.0.to_string());
+    }
+}
+
+/// A hugetlbfs mounted on a fresh directory, unmounted and removed on drop.
+pub struct Hugetlbfs(pub std::path::PathBuf);
+
+impl Hugetlbfs {
+    pub fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("nodeshm-hugetlbfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "mode=1777", "nodeshm-test"])
+            .arg(&dir)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting hugetlbfs on {} failed",
+            dir.display()
+        );
+        Hugetlbfs(dir)
+    }
+}
+
+impl Drop for Hugetlbfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
