@@ -8,6 +8,11 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The benchmark's quick mode, so it keeps working (debug build: figures are not meaningful here
+# and nothing is asserted about them; scripts/bench.sh measures for real).
+mpirun -n 4 --oversubscribe target/debug/examples/bench --quick \
+    --json target/bench-quick.json --svg target/bench-quick.svg > target/bench-quick.txt
+echo "benchmark quick mode ran: $(grep -c . target/bench-quick.txt) lines in target/bench-quick.txt"
 leaks=$(ls /dev/shm | grep '^nodeshm' || true)
 if [[ -n "$leaks" ]]; then
     echo "tests left shared memory behind in /dev/shm:" >&2

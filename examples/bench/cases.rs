@@ -1,0 +1,531 @@
+//! The benchmark cases. Every function is collective over the world communicator: all ranks
+//! call it, and the figures are reduced so that rank 0 holds them.
+
+use std::time::{Duration, Instant};
+
+use mpi::collective::SystemOperation;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use nodeshm::{HugePages, ResourceManager, Traits};
+
+use crate::mpiwin::SharedWindow;
+use crate::report::Report;
+
+pub struct Ctx<'a> {
+    pub world: &'a SimpleCommunicator,
+    pub rm: &'a ResourceManager,
+    pub quick: bool,
+    pub report: Report,
+    pub huge_dir: Option<String>,
+}
+
+const MIB: u64 = 1 << 20;
+
+fn reduce(comm: &SimpleCommunicator, v: f64, op: SystemOperation) -> f64 {
+    let mut out = 0f64;
+    comm.all_reduce_into(&v, &mut out, op);
+    out
+}
+
+pub fn max(comm: &SimpleCommunicator, v: f64) -> f64 {
+    reduce(comm, v, SystemOperation::max())
+}
+
+pub fn sum(comm: &SimpleCommunicator, v: f64) -> f64 {
+    reduce(comm, v, SystemOperation::sum())
+}
+
+/// (median, p99) in ns.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0);
+    }
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_nanos() as f64;
+    (at(0.5), at(0.99))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn size_label(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+/// Each rank writes its share of `len` bytes at `base`.
+///
+/// # Safety
+/// `base..base+len` is a live shared mapping that nobody else uses during the call except the
+/// other ranks, each on its own share.
+unsafe fn touch_share(base: *mut u8, len: usize, rank: usize, ranks: usize) {
+    let (from, to) = (len * rank / ranks, len * (rank + 1) / ranks);
+    // SAFETY: per the contract, [from, to) is this rank's own part of the mapping.
+    unsafe { std::ptr::write_bytes(base.add(from), 1, to - from) };
+}
+
+/// Case 1 (and the prefault part of placement): time to ready, and to ready plus every byte
+/// touched once, for nodeshm against MPI_Win_allocate_shared.
+pub fn creation(ctx: &mut Ctx) {
+    let world = ctx.world;
+    let node = ctx.rm.node_communicator();
+    let (rank, ranks) = (node.rank() as usize, node.size() as usize);
+    let sizes: &[u64] = if ctx.quick {
+        &[MIB, 64 * MIB, 256 * MIB]
+    } else {
+        &[MIB, 64 * MIB, 1024 * MIB]
+    };
+    let reps = if ctx.quick { 2 } else { 3 };
+    let largest = *sizes.last().unwrap();
+    for &size in sizes {
+        let mut variants = vec!["nodeshm", "MPI_Win_allocate_shared"];
+        if size == largest {
+            variants.insert(1, "nodeshm + prefault");
+            variants.insert(1, "nodeshm first-touch");
+        }
+        for variant in variants {
+            let (mut ready, mut touched) = (Vec::new(), Vec::new());
+            for rep in 0..reps {
+                world.barrier();
+                let t0 = Instant::now();
+                if variant.starts_with("nodeshm") {
+                    let name = format!("SHARED::create-{size}-{rep}-{}", variant.len());
+                    let mut traits = Traits::new(size).prefault(variant.ends_with("prefault"));
+                    if variant.ends_with("first-touch") {
+                        traits = traits.numa(nodeshm::NumaPolicy::FirstTouch);
+                    }
+                    let alloc = ctx.rm.make_resource(&name, traits).expect("make_resource");
+                    ready.push(max(world, t0.elapsed().as_secs_f64()));
+                    let usable = size - (size / 64).max(256 << 10);
+                    let block = alloc
+                        .allocate_aligned("all", usable, 4096)
+                        .expect("allocate");
+                    // SAFETY: each rank writes only its share of the block.
+                    unsafe { touch_share(block.as_ptr(), usable as usize, rank, ranks) };
+                    world.barrier();
+                    touched.push(max(world, t0.elapsed().as_secs_f64()));
+                    alloc.deallocate(block).expect("deallocate");
+                    ctx.rm.remove_allocator(&name);
+                    drop(alloc);
+                } else {
+                    let win = SharedWindow::allocate(node, size as usize);
+                    ready.push(max(world, t0.elapsed().as_secs_f64()));
+                    // SAFETY: each rank writes only its share of the window.
+                    unsafe { touch_share(win.base, win.size, rank, ranks) };
+                    world.barrier();
+                    touched.push(max(world, t0.elapsed().as_secs_f64()));
+                    drop(win);
+                }
+                world.barrier();
+            }
+            let label = size_label(size);
+            ctx.report.add(
+                "creation",
+                variant,
+                &label,
+                "ready",
+                median(&mut ready) * 1e3,
+                "ms",
+            );
+            ctx.report.add(
+                "creation",
+                variant,
+                &label,
+                "ready+touched",
+                median(&mut touched) * 1e3,
+                "ms",
+            );
+        }
+    }
+}
+
+/// Case 2: named allocate / find / deallocate latency with 1, 1,000 and 100,000 live names,
+/// one rank alone and all ranks at once; against one shared window per object.
+pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
+    let world = ctx.world;
+    let rank = world.rank();
+    let samples = if ctx.quick { 2_000 } else { 20_000 };
+    let traits = Traits::new(256 * MIB).expected_names(1 << 18);
+    let alloc = ctx
+        .rm
+        .make_resource("SHARED::names", traits)
+        .expect("make_resource");
+    let mut live = Vec::new();
+    let mut curve = Vec::new();
+    for &n in &[1usize, 1_000, 100_000] {
+        if rank == 0 {
+            while live.len() < n {
+                live.push(
+                    alloc
+                        .allocate(&format!("live-{}", live.len()), 64)
+                        .expect("fill"),
+                );
+            }
+        }
+        world.barrier();
+        let param = format!("{n} live");
+        // One rank alone.
+        let (mut a, mut f, mut d) = (Vec::new(), Vec::new(), Vec::new());
+        if rank == 0 {
+            for i in 0..samples {
+                let name = format!("probe-{i}");
+                let t = Instant::now();
+                let b = alloc.allocate(&name, 64).unwrap();
+                a.push(t.elapsed());
+                let t = Instant::now();
+                let found = alloc.find(&name).unwrap().unwrap();
+                f.push(t.elapsed());
+                alloc.deallocate(found).unwrap();
+                let t = Instant::now();
+                alloc.deallocate(b).unwrap();
+                d.push(t.elapsed());
+            }
+        }
+        world.barrier();
+        for (op, v) in [
+            ("allocate", &mut a),
+            ("find", &mut f),
+            ("deallocate", &mut d),
+        ] {
+            let (med, p99) = percentiles(v);
+            ctx.report.add(
+                "named",
+                &format!("{op}, 1 rank"),
+                &param,
+                "median",
+                med,
+                "ns",
+            );
+            ctx.report
+                .add("named", &format!("{op}, 1 rank"), &param, "p99", p99, "ns");
+        }
+        // All ranks at once: the same names, then a name of their own each.
+        for distinct in [false, true] {
+            let (mut a, mut d) = (Vec::new(), Vec::new());
+            world.barrier();
+            for i in 0..samples {
+                let name = if distinct {
+                    format!("probe-{rank}-{i}")
+                } else {
+                    format!("probe-{i}")
+                };
+                let t = Instant::now();
+                let b = alloc.allocate(&name, 64).unwrap();
+                a.push(t.elapsed());
+                let t = Instant::now();
+                alloc.deallocate(b).unwrap();
+                d.push(t.elapsed());
+            }
+            world.barrier();
+            let how = if distinct {
+                "distinct names"
+            } else {
+                "same names"
+            };
+            for (op, v) in [("allocate", &mut a), ("deallocate", &mut d)] {
+                let (med, p99) = percentiles(v);
+                let (med, p99) = (max(world, med), max(world, p99));
+                let variant = format!("{op}, {} ranks, {how}", world.size());
+                ctx.report
+                    .add("named", &variant, &param, "median", med, "ns");
+                ctx.report.add("named", &variant, &param, "p99", p99, "ns");
+                if op == "allocate" && distinct {
+                    curve.push((n as f64, med));
+                }
+            }
+        }
+    }
+    world.barrier();
+    for b in live {
+        alloc.deallocate(b).unwrap();
+    }
+    ctx.rm.remove_allocator("SHARED::names");
+    curve
+}
+
+/// Case 2, MPI side: one `MPI_Win_allocate_shared` per 64-byte object, as many as fit the time
+/// budget; latency at 1, 10, 100, 1,000 live windows.
+pub fn mpi_windows(ctx: &mut Ctx) -> Vec<(f64, f64)> {
+    let world = ctx.world;
+    let node = ctx.rm.node_communicator();
+    let (count, budget) = if ctx.quick { (200, 5.0) } else { (1_000, 30.0) };
+    let start = Instant::now();
+    let mut wins = Vec::new();
+    let mut lat = Vec::new();
+    while wins.len() < count {
+        world.barrier();
+        let t = Instant::now();
+        wins.push(SharedWindow::allocate(node, 64));
+        lat.push(max(world, t.elapsed().as_secs_f64()) * 1e9);
+        if max(world, start.elapsed().as_secs_f64()) > budget {
+            break;
+        }
+    }
+    let mut curve = Vec::new();
+    for at in [1usize, 10, 100, 1_000] {
+        if lat.len() >= at {
+            let lo = at.saturating_sub(5).min(lat.len() - 1);
+            let hi = (at + 5).min(lat.len());
+            let mut window: Vec<f64> = lat[lo..hi].to_vec();
+            let med = median(&mut window);
+            ctx.report.add(
+                "named",
+                "MPI_Win_allocate_shared per object",
+                &format!("{at} live"),
+                "median",
+                med,
+                "ns",
+            );
+            curve.push((at as f64, med));
+        }
+    }
+    let mut free = Vec::new();
+    while let Some(w) = wins.pop() {
+        let t = Instant::now();
+        drop(w);
+        free.push(t.elapsed().as_nanos() as f64);
+    }
+    if !free.is_empty() {
+        ctx.report.add(
+            "named",
+            "MPI_Win_free per object",
+            &format!("{} live", lat.len()),
+            "median",
+            median(&mut free),
+            "ns",
+        );
+    }
+    curve
+}
+
+/// Case 3: allocate/deallocate pairs per second of distinct names, 1 rank against all ranks.
+pub fn contention(ctx: &mut Ctx) {
+    let world = ctx.world;
+    let rank = world.rank();
+    let seconds = if ctx.quick { 0.5 } else { 2.0 };
+    let alloc = ctx
+        .rm
+        .make_resource("SHARED::contention", Traits::new(64 * MIB))
+        .expect("make_resource");
+    let names: Vec<String> = (0..1000).map(|i| format!("c-{rank}-{i}")).collect();
+    let run = || {
+        let t = Instant::now();
+        let mut pairs = 0u64;
+        while t.elapsed().as_secs_f64() < seconds {
+            for name in names.iter().take(100) {
+                let b = alloc.allocate(name, 64).unwrap();
+                alloc.deallocate(b).unwrap();
+                pairs += 1;
+            }
+        }
+        pairs as f64 / t.elapsed().as_secs_f64()
+    };
+    world.barrier();
+    let one = if rank == 0 { run() } else { 0.0 };
+    world.barrier();
+    let one = max(world, one);
+    world.barrier();
+    let all = sum(world, run());
+    ctx.report
+        .add("contention", "1 rank", "", "pairs/s", one, "1/s");
+    ctx.report.add(
+        "contention",
+        &format!("{} ranks", world.size()),
+        "",
+        "pairs/s",
+        all,
+        "1/s",
+    );
+    ctx.report.add(
+        "contention",
+        &format!("{} ranks", world.size()),
+        "",
+        "vs 1 rank",
+        all / one,
+        "x",
+    );
+    ctx.rm.remove_allocator("SHARED::contention");
+}
+
+fn pss_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb * 1024.0)
+}
+
+fn read_all(values: &[u64], passes: usize) -> (u64, f64) {
+    let t = Instant::now();
+    let mut acc = 0u64;
+    for _ in 0..passes {
+        acc = acc.wrapping_add(values.iter().fold(0u64, |a, &v| a.wrapping_add(v)));
+    }
+    (std::hint::black_box(acc), t.elapsed().as_secs_f64())
+}
+
+/// Cases 4 and 5: node Pss and read bandwidth of a shared table against per-rank copies.
+pub fn memory_and_bandwidth(ctx: &mut Ctx) {
+    let world = ctx.world;
+    let node = ctx.rm.node_communicator();
+    let mib = if ctx.quick { 64 } else { 256 };
+    let len = (mib * MIB / 8) as usize;
+    let passes = if ctx.quick { 2 } else { 4 };
+    let fill = |t: &mut [u64]| t.iter_mut().enumerate().for_each(|(i, v)| *v = i as u64);
+    let label = format!("{mib} MiB");
+
+    let alloc = ctx
+        .rm
+        .make_resource("SHARED::table", Traits::new((mib + 1) * MIB))
+        .expect("make_resource");
+    let before = pss_bytes();
+    let table = alloc
+        .get_or_init::<u64>("table", len, fill)
+        .expect("get_or_init");
+    world.barrier();
+    let (sum_shared, t_shared) = read_all(&table, passes);
+    world.barrier();
+    let shared_pss = sum(node, pss_bytes() - before);
+    drop(table);
+    ctx.rm.remove_allocator("SHARED::table");
+    drop(alloc);
+
+    let before = pss_bytes();
+    let mut private = vec![0u64; len];
+    fill(&mut private);
+    world.barrier();
+    let (sum_private, t_private) = read_all(&private, passes);
+    world.barrier();
+    let private_pss = sum(node, pss_bytes() - before);
+    drop(private);
+    assert_eq!(sum_shared, sum_private);
+
+    let gib = (1u64 << 30) as f64;
+    ctx.report.add(
+        "memory",
+        "one copy per rank",
+        &label,
+        "node Pss",
+        private_pss / gib,
+        "GiB",
+    );
+    ctx.report.add(
+        "memory",
+        "nodeshm",
+        &label,
+        "node Pss",
+        shared_pss / gib,
+        "GiB",
+    );
+    ctx.report.add(
+        "memory",
+        "nodeshm / per-rank",
+        &label,
+        "ratio",
+        shared_pss / private_pss,
+        "x",
+    );
+    let bytes = (len * 8 * passes) as f64;
+    let per_rank = |t: f64| sum(world, bytes / t / 1e9) / world.size() as f64;
+    let (bw_shared, bw_private) = (per_rank(t_shared), per_rank(t_private));
+    ctx.report.add(
+        "bandwidth",
+        "private copy",
+        &label,
+        "read per rank",
+        bw_private,
+        "GB/s",
+    );
+    ctx.report.add(
+        "bandwidth",
+        "nodeshm shared",
+        &label,
+        "read per rank",
+        bw_shared,
+        "GB/s",
+    );
+    ctx.report.add(
+        "bandwidth",
+        "shared / private",
+        &label,
+        "ratio",
+        bw_shared / bw_private,
+        "x",
+    );
+}
+
+/// Placement: random 8-byte reads over a shared table with 4 KiB pages against transparent huge
+/// pages (needs a tmpfs mounted with huge=always or huge=advise: `--huge-dir`).
+pub fn random_access(ctx: &mut Ctx) {
+    let world = ctx.world;
+    let mib = if ctx.quick { 256 } else { 1024 };
+    let reads = if ctx.quick { 2_000_000 } else { 10_000_000 };
+    let len = (mib * MIB / 8) as usize;
+    let mut variants = vec![("4 KiB pages", None)];
+    match &ctx.huge_dir {
+        Some(dir) => variants.push(("transparent huge pages", Some(dir.clone()))),
+        None => {
+            if world.rank() == 0 {
+                println!("\n(random access with huge pages skipped: pass --huge-dir <tmpfs mounted huge=always>)");
+            }
+        }
+    }
+    for (variant, dir) in variants {
+        let name = format!("SHARED::random-{}", dir.is_some());
+        let mut traits = Traits::new(mib * MIB + 4 * MIB).prefault(true);
+        if let Some(d) = &dir {
+            traits = traits.dir(d).huge_pages(HugePages::Transparent);
+        }
+        let alloc = ctx.rm.make_resource(&name, traits).expect("make_resource");
+        let table = alloc
+            .get_or_init::<u64>("table", len, |t| {
+                t.iter_mut().enumerate().for_each(|(i, v)| *v = i as u64)
+            })
+            .expect("get_or_init");
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ world.rank() as u64;
+        world.barrier();
+        let t = Instant::now();
+        let mut acc = 0u64;
+        for _ in 0..reads {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            acc = acc.wrapping_add(table[(x >> 17) as usize % len]);
+        }
+        std::hint::black_box(acc);
+        let ns = t.elapsed().as_nanos() as f64 / reads as f64;
+        let ns = sum(world, ns) / world.size() as f64;
+        let placement = alloc.placement();
+        let label = format!("{mib} MiB");
+        ctx.report
+            .add("random access", variant, &label, "ns/read", ns, "ns");
+        ctx.report.add(
+            "random access",
+            variant,
+            &label,
+            "page size",
+            placement.page_size as f64 / 1024.0,
+            "KiB",
+        );
+        if let Some(p) = placement.prefault {
+            ctx.report.add(
+                "random access",
+                variant,
+                &label,
+                "prefault",
+                p.as_secs_f64() * 1e3,
+                "ms",
+            );
+        }
+        drop(table);
+        ctx.rm.remove_allocator(&name);
+        drop(alloc);
+        world.barrier();
+    }
+}
