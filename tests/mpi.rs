@@ -81,6 +81,11 @@ fn role_basic() {
     assert_eq!(alloc.name(), "SHARED::basic");
     assert_eq!(alloc.scope_instance().scope, Scope::Node);
     assert_eq!(rm.allocators(), vec!["SHARED::basic".to_string()]);
+    // The ranks reserved their shares in parallel: every page exists before anyone allocates.
+    assert_eq!(
+        alloc.arena().reserved_bytes().unwrap(),
+        alloc.arena().size()
+    );
     assert!(rm.get_allocator("SHARED::basic").is_some() && rm.get_allocator("SHARED::x").is_none());
 
     // Same name, same block: rank 0 writes, all read.

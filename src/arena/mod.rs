@@ -104,6 +104,8 @@ pub struct Arena {
     ready: bool,
     /// getpid() is a system call; the lock records the holder on every update.
     pid: u32,
+    /// Page granularity of the backing file system.
+    page: u64,
     lock_timeout: Duration,
     /// References this process holds: data offset -> (entry offset, count).
     held: Mutex<HeldMap>,
@@ -240,7 +242,19 @@ impl Arena {
                 )
             };
             place(fresh)?;
-            shm::reserve(&arena._file, &path, size)?;
+            if options.reserve_at_create {
+                shm::reserve(&arena._file, &path, 0, size, size)?;
+            } else {
+                // Only what creation writes: header, directory, first heap block, sentinel.
+                shm::reserve(
+                    &arena._file,
+                    &path,
+                    0,
+                    layout::round_up(heap_offset + 64, page),
+                    size,
+                )?;
+                shm::reserve(&arena._file, &path, size - page, page, size)?;
+            }
             Ok(arena)
         });
         let mut arena = prepared.inspect_err(|_| {
@@ -414,6 +428,10 @@ impl Arena {
             .metadata()
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let dir = path.parent().unwrap_or(Path::new("/"));
+        let page = match shm::backing_kind(dir) {
+            shm::BackingKind::Hugetlbfs { page_size } => page_size,
+            _ => page_size(),
+        };
         let map = memmap2::MmapOptions::new().map_raw(&file).map_err(|e| {
             match (e.raw_os_error(), shm::backing_kind(dir)) {
                 (Some(libc::ENOMEM), shm::BackingKind::Hugetlbfs { page_size }) => {
@@ -443,6 +461,7 @@ impl Arena {
             creator,
             ready: !creator,
             pid: std::process::id(),
+            page,
             lock_timeout: options.lock_timeout,
             held: Mutex::new(HeldMap::default()),
         })
@@ -735,6 +754,38 @@ impl Arena {
             .word32(l::UNLINKED)
             .store(1, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Reserves (allocates) the arena's pages in `offset..offset + len`, rounded out to whole
+    /// pages, in this process: for arenas created with `reserve_at_create(false)`, whose
+    /// processes reserve their own shares in parallel (and so place them by first touch).
+    /// Fails with `NoSpaceInBacking` (or `Placement` on hugetlbfs) naming the whole arena.
+    pub fn reserve(&self, offset: u64, len: u64) -> Result<()> {
+        let start = offset / self.page * self.page;
+        let end = layout::round_up(offset.saturating_add(len), self.page).min(self.region.len());
+        if start >= end {
+            return Ok(());
+        }
+        shm::reserve(
+            &self._file,
+            &self.path,
+            start,
+            end - start,
+            self.region.len(),
+        )
+    }
+
+    /// Bytes of the arena's memory allocated so far (reserved pages), from the file's block count.
+    pub fn reserved_bytes(&self) -> Result<u64> {
+        self._file
+            .metadata()
+            .map(|m| m.blocks() * 512)
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))
+    }
+
+    /// The page size of the arena's memory (the huge page size on hugetlbfs).
+    pub fn page_size(&self) -> u64 {
+        self.page
     }
 
     /// Maps every page of the arena into this process's page tables now (the pages themselves

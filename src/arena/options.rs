@@ -73,6 +73,7 @@ pub struct Options {
     pub(crate) attach_timeout: Duration,
     pub(crate) expected_names: Option<u64>,
     pub(crate) huge: HugePages,
+    pub(crate) reserve_at_create: bool,
 }
 
 impl Options {
@@ -90,6 +91,7 @@ impl Options {
             attach_timeout: Duration::from_secs(30),
             expected_names: None,
             huge: HugePages::Never,
+            reserve_at_create: true,
         }
     }
 
@@ -139,6 +141,15 @@ impl Options {
     /// that every process's mapping gets the same advice.
     pub fn huge_pages(mut self, huge: HugePages) -> Self {
         self.huge = huge;
+        self
+    }
+
+    /// Whether `create` reserves the whole arena (default true). With false it reserves only
+    /// the pages it writes, and the processes must call [`crate::arena::Arena::reserve`] on
+    /// every page (each on its share, in parallel) before anyone allocates: the MPI manager
+    /// does this, so that reservation is parallel and first touch is real.
+    pub fn reserve_at_create(mut self, reserve: bool) -> Self {
+        self.reserve_at_create = reserve;
         self
     }
 

@@ -140,25 +140,29 @@ pub(crate) fn create(path: &Path, mode: u32, size: u64) -> Result<File> {
     Ok(file)
 }
 
-/// Reserves every byte of `file` now, so that a full backing file system (or too few huge
-/// pages) is an error here rather than a SIGBUS on first touch. Pages are allocated under the
-/// memory policy already set on the mapping, which is how NUMA placement is applied.
-pub(crate) fn reserve(file: &File, path: &Path, size: u64) -> Result<()> {
+/// Reserves bytes `offset..offset + len` of `file` (an arena of `total` bytes) now, so that a
+/// full backing file system (or too few huge pages) is an error here rather than a SIGBUS on
+/// first touch. Pages are allocated by the calling process under the memory policy already set
+/// on the mapping: that is how NUMA placement and first touch are applied.
+pub(crate) fn reserve(file: &File, path: &Path, offset: u64, len: u64, total: u64) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let len = i64::try_from(size)
-        .map_err(|_| Error::InvalidArgument(format!("arena size {size} is too large")))?;
-    match nix::fcntl::posix_fallocate(file.as_fd(), 0, len) {
+    let too_large = || Error::InvalidArgument(format!("arena size {total} is too large"));
+    let (off, n) = (
+        i64::try_from(offset).map_err(|_| too_large())?,
+        i64::try_from(len).map_err(|_| too_large())?,
+    );
+    match nix::fcntl::posix_fallocate(file.as_fd(), off, n) {
         Ok(()) => Ok(()),
         Err(Errno::ENOSPC) | Err(Errno::EFBIG) | Err(Errno::ENOMEM) => match backing_kind(dir) {
-            BackingKind::Hugetlbfs { page_size } => Err(huge_pages_error(dir, size, page_size)),
+            BackingKind::Hugetlbfs { page_size } => Err(huge_pages_error(dir, total, page_size)),
             _ => Err(Error::NoSpaceInBacking {
                 dir: dir.to_path_buf(),
-                requested: size,
+                requested: total,
                 available: available_bytes(dir).unwrap_or(0),
             }),
         },
         Err(e) => Err(Error::io(
-            format!("reserving {size} bytes for {}", path.display()),
+            format!("reserving {len} bytes at {offset} of {}", path.display()),
             e,
         )),
     }

@@ -144,7 +144,18 @@ impl ResourceManager {
             None => Arena::attach_with(&shm_name, &options).map(|a| Fresh(Some(a))),
         };
         // If any peer failed, every Fresh is dropped here and the leader's name is removed.
-        let arena = comm::agree(comm, arena)?.keep();
+        let arena = comm::agree(comm, arena)?;
+        // Every rank reserves its share of the pages at once: reservation is parallel and the
+        // pages of each share are first touched by the rank that reserved them. Nobody uses the
+        // arena before all shares are reserved and agreed on, so no access can SIGBUS.
+        let share = arena.as_ref().map_or(Ok(()), |a| {
+            let pages = a.size() / a.page_size();
+            let (r, n) = (scope_comm.rank() as u64, scope_comm.size() as u64);
+            let (first, last) = (pages * r / n, pages * (r + 1) / n);
+            a.reserve(first * a.page_size(), (last - first) * a.page_size())
+        });
+        comm::agree(comm, share)?;
+        let arena = arena.keep();
         let prefault = traits.prefault.then(|| {
             // Every rank of the instance at once; the slowest one is what the job waits for.
             let mine = arena.populate().unwrap_or_default().as_secs_f64();
@@ -256,8 +267,9 @@ impl ResourceManager {
             .job_token(self.job_token)
             .label(format!("{name} {instance}"))
             .attach_timeout(traits.attach_timeout)
-            .lock_timeout(traits.lock_timeout);
-        options = options.huge_pages(traits.huge_pages);
+            .lock_timeout(traits.lock_timeout)
+            .reserve_at_create(false)
+            .huge_pages(traits.huge_pages);
         match (&traits.dir, traits.huge_pages) {
             (Some(dir), _) => options = options.dir(dir),
             (None, HugePages::Required) => {
@@ -286,6 +298,10 @@ struct Fresh(Option<Arena>);
 impl Fresh {
     fn keep(mut self) -> Arena {
         self.0.take().expect("kept once")
+    }
+
+    fn as_ref(&self) -> Option<&Arena> {
+        self.0.as_ref()
     }
 }
 
