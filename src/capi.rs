@@ -15,7 +15,7 @@ use mpi::ffi::MPI_Comm;
 use mpi::raw::{AsRaw, FromRaw};
 use mpi::topology::SimpleCommunicator;
 
-use crate::arena::HugePages;
+use crate::arena::{HugePages, Stats};
 use crate::error::{Error, ErrorCode, Result};
 use crate::manager::{Allocator, ResourceManager, Traits, UnlinkPolicy};
 use crate::placement::NumaPolicy;
@@ -28,19 +28,8 @@ pub struct NodeshmAllocator(Allocator);
 /// Opaque traits handle.
 pub struct NodeshmTraits(Traits);
 
-/// Arena figures (`nodeshm_stats_t`).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NodeshmStats {
-    pub capacity: u64,
-    pub used: u64,
-    pub free: u64,
-    pub largest_free: u64,
-    pub live_blocks: u64,
-    pub requested: u64,
-    pub high_water: u64,
-    pub recoveries: u64,
-}
+/// Arena figures (`nodeshm_stats_t`): the Rust [`Stats`], which is `#[repr(C)]`.
+pub type NodeshmStats = Stats;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -559,18 +548,8 @@ pub unsafe extern "C" fn nodeshm_stats(
     guard(|| {
         // SAFETY: forwarded contract.
         let s = unsafe { handle(a, "allocator")? }.0.stats()?;
-        let c = NodeshmStats {
-            capacity: s.capacity,
-            used: s.used,
-            free: s.free,
-            largest_free: s.largest_free,
-            live_blocks: s.live_blocks,
-            requested: s.requested,
-            high_water: s.high_water,
-            recoveries: s.recoveries,
-        };
         // SAFETY: forwarded contract.
-        unsafe { put(out, c, "out") }
+        unsafe { put(out, s, "out") }
     })
 }
 

@@ -238,7 +238,7 @@ fn check_reports_a_tiny_backing_directory() {
         println!("skipped: needs root (mounts a 16 MiB tmpfs)");
         return;
     }
-    let tmpfs = support::SmallTmpfs::mount("16m");
+    let tmpfs = support::Mount::tmpfs("16m");
     let (code, out, err) = nodeshm(&tmpfs.0, &["check"]);
     assert_eq!(code, 1, "{out}{err}");
     let line = out

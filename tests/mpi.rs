@@ -414,7 +414,7 @@ fn full_backing_directory_fails_everywhere() {
         println!("skipped: needs root (mounts a 16 MiB tmpfs)");
         return;
     }
-    let tmpfs = support::SmallTmpfs::mount("16m");
+    let tmpfs = support::Mount::tmpfs("16m");
     run(4, &format!("full:{}", tmpfs.0.display()), &[], &[]);
 }
 
@@ -699,7 +699,7 @@ fn placement_transparent_huge_pages_on_huge_tmpfs() {
         println!("skipped: needs root (mounts a tmpfs with huge=always)");
         return;
     }
-    let tmpfs = support::SmallTmpfs::mount_with("64m", "huge=always");
+    let tmpfs = support::Mount::new("tmpfs", "size=64m,huge=always");
     run(2, &format!("placement:thp:{}", tmpfs.0.display()), &[], &[]);
 }
 
@@ -709,7 +709,7 @@ fn placement_required_huge_pages_on_hugetlbfs() {
         return;
     }
     let reserved = support::HugePagesReserved::reserve(8);
-    let mount = support::Hugetlbfs::mount();
+    let mount = support::Mount::new("hugetlbfs", "mode=1777");
     run(
         2,
         &format!("placement:hugetlb:{}", mount.0.display()),

@@ -279,7 +279,7 @@ fn full_backing_directory_is_an_error_not_a_sigbus() {
         println!("skipped: needs root (mounts a 16 MiB tmpfs)");
         return;
     }
-    let tmpfs = support::SmallTmpfs::mount("16m");
+    let tmpfs = support::Mount::tmpfs("16m");
     let err = Arena::create("big", &Options::new(64 << 20).dir(&tmpfs.0)).unwrap_err();
     match &err {
         Error::NoSpaceInBacking {

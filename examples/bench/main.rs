@@ -144,7 +144,7 @@ fn main() {
     );
     r.print_case(
         "bandwidth",
-        "5. bandwidth: every rank reads the whole table",
+        "5. bandwidth: every rank reads the whole table (sequential u64 sum)",
     );
     r.print_case(
         "random access",

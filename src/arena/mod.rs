@@ -52,7 +52,9 @@ use layout as l;
 use lock::Acquired;
 use region::{Region, Tx};
 
-/// Usage figures of an arena, read under its lock.
+/// Usage figures of an arena, read under its lock. `#[repr(C)]`: it is also the C API's
+/// `nodeshm_stats_t`.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
     /// Bytes the heap can hand out in total (the arena minus header and directory).

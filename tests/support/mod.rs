@@ -104,39 +104,36 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// A small tmpfs mounted on a fresh directory, unmounted and removed on drop.
-pub struct SmallTmpfs(pub std::path::PathBuf);
+/// A file system mounted on a fresh directory for one test, unmounted and removed on drop.
+pub struct Mount(pub std::path::PathBuf);
 
-impl SmallTmpfs {
-    pub fn mount(size: &str) -> Self {
-        Self::mount_with(size, "mode=1777")
-    }
-
-    /// A tmpfs of `size` with extra mount options (e.g. "huge=always").
-    pub fn mount_with(size: &str, extra: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("nodeshm-tmpfs-{}-{size}", std::process::id()));
+impl Mount {
+    /// Mounts `fstype` with `options` (root only).
+    pub fn new(fstype: &str, options: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("nodeshm-{fstype}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},{extra}"),
-                "nodeshm-test",
-            ])
+            .args(["-t", fstype, "-o", options, "nodeshm-test"])
             .arg(&dir)
             .status()
             .expect("running mount");
         assert!(
             status.success(),
-            "mounting a {size} tmpfs on {} failed",
+            "mounting {fstype} ({options}) on {} failed",
             dir.display()
         );
-        SmallTmpfs(dir)
+        Mount(dir)
+    }
+
+    /// A small tmpfs anyone may write to.
+    pub fn tmpfs(size: &str) -> Self {
+        Self::new("tmpfs", &format!("size={size},mode=1777"))
     }
 }
 
-impl Drop for SmallTmpfs {
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
         let _ = std::fs::remove_dir(&self.0);
@@ -248,33 +245,5 @@ impl HugePagesReserved {
 impl Drop for HugePagesReserved {
     fn drop(&mut self) {
         let _ = std::fs::write("/proc/sys/vm/nr_hugepages", self.0.to_string());
-    }
-}
-
-/// A hugetlbfs mounted on a fresh directory, unmounted and removed on drop.
-pub struct Hugetlbfs(pub std::path::PathBuf);
-
-impl Hugetlbfs {
-    pub fn mount() -> Self {
-        let dir = std::env::temp_dir().join(format!("nodeshm-hugetlbfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "hugetlbfs", "-o", "mode=1777", "nodeshm-test"])
-            .arg(&dir)
-            .status()
-            .expect("running mount");
-        assert!(
-            status.success(),
-            "mounting hugetlbfs on {} failed",
-            dir.display()
-        );
-        Hugetlbfs(dir)
-    }
-}
-
-impl Drop for Hugetlbfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
