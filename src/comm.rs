@@ -138,11 +138,14 @@ pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
 /// descriptions. Collective over `comm`.
 pub fn check_same(comm: &SimpleCommunicator, what: &str, description: &str) -> Result<()> {
     let hash = fnv(description.as_bytes());
-    let mut min = 0u64;
-    let mut max = 0u64;
-    comm.all_reduce_into(&hash, &mut min, SystemOperation::min());
-    comm.all_reduce_into(&hash, &mut max, SystemOperation::max());
-    if min == max {
+    // One reduction for both extremes: max(!h) is !min(h).
+    let mut extremes = [0u64; 2];
+    comm.all_reduce_into(
+        &[hash, !hash][..],
+        &mut extremes[..],
+        SystemOperation::max(),
+    );
+    if extremes[0] == !extremes[1] {
         return Ok(());
     }
     let mut root_hash = hash;

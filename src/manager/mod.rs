@@ -7,6 +7,7 @@ mod traits;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use std::time::Duration;
@@ -108,20 +109,19 @@ impl ResourceManager {
             "make_resource",
             &format!("name={name:?} {}", traits.describe()),
         )?;
-        comm::agree(comm, self.validate(name, &traits))?;
-        let instance = comm::agree(
-            comm,
-            self.topology.this_instance(traits.scope).map_err(|e| {
+        // Every local check in one agreement: the name, the rank's scope instance, the directory.
+        let local = self.validate(name, &traits).and_then(|()| {
+            let instance = self.topology.this_instance(traits.scope).map_err(|e| {
                 Error::Binding(format!("rank {} on {}: {e}", comm.rank(), hostname()))
-            }),
-        )?;
+            })?;
+            Ok((instance, backing_dir_for(name, &traits)?))
+        });
+        let (instance, dir) = comm::agree(comm, local)?;
         let scope_comm = comm::split_by(&self.node, instance.index as i32)?;
         scope_comm.set_name(name);
         let shm_name = self.shm_name(name, &instance);
-        let options = comm::agree(
-            comm,
-            self.arena_options(name, &traits, &instance, scope_comm.size() as u32 - 1),
-        )?;
+        let peers = scope_comm.size() as u32 - 1;
+        let options = self.arena_options(name, &traits, &instance, peers, dir);
         let plan = placement::plan(&self.topology, &instance, traits.numa);
 
         let leader = scope_comm.rank() == 0;
@@ -256,7 +256,8 @@ impl ResourceManager {
         traits: &Traits,
         instance: &ScopeInstance,
         peers: u32,
-    ) -> Result<Options> {
+        dir: Option<PathBuf>,
+    ) -> Options {
         let mut options = Options::new(traits.size)
             .mode(traits.mode)
             .unlink(match traits.unlink {
@@ -270,25 +271,30 @@ impl ResourceManager {
             .lock_timeout(traits.lock_timeout)
             .reserve_at_create(false)
             .huge_pages(traits.huge_pages);
-        match (&traits.dir, traits.huge_pages) {
-            (Some(dir), _) => options = options.dir(dir),
-            (None, HugePages::Required) => {
-                let mount = placement::hugetlbfs_mount().ok_or_else(|| {
-                    Error::Placement(format!(
-                        "allocator {name:?} requires huge pages but no hugetlbfs is mounted on \
-                         {}; mount one (mount -t hugetlbfs none /dev/hugepages) or pass its \
-                         directory with Traits::dir",
-                        hostname()
-                    ))
-                })?;
-                options = options.dir(mount);
-            }
-            (None, _) => {}
+        if let Some(dir) = dir {
+            options = options.dir(dir);
         }
         if let Some(n) = traits.expected_names {
             options = options.expected_names(n);
         }
-        Ok(options)
+        options
+    }
+}
+
+/// The backing directory an allocator asks for: its own, or for required huge pages the
+/// system's hugetlbfs mount; `None` for the default.
+fn backing_dir_for(name: &str, traits: &Traits) -> Result<Option<PathBuf>> {
+    match (&traits.dir, traits.huge_pages) {
+        (Some(dir), _) => Ok(Some(dir.clone())),
+        (None, HugePages::Required) => placement::hugetlbfs_mount().map(Some).ok_or_else(|| {
+            Error::Placement(format!(
+                "allocator {name:?} requires huge pages but no hugetlbfs is mounted on {}; \
+                 mount one (mount -t hugetlbfs none /dev/hugepages) or pass its directory with \
+                 Traits::dir",
+                hostname()
+            ))
+        }),
+        (None, _) => Ok(None),
     }
 }
 
