@@ -7,6 +7,8 @@ scripts/setup.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The arena layer (and the command line) must build without MPI and hwloc.
+cargo clippy --no-default-features --lib --bins -- -D warnings
 cargo test --all-targets
 # The benchmark's quick mode, so it keeps working (debug build: figures are not meaningful here
 # and nothing is asserted about them; scripts/bench.sh measures for real).

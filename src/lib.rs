@@ -2,26 +2,29 @@
 //!
 //! Layers, bottom up (each uses only those below it):
 //! - [`arena`]: one fixed shared-memory arena in one POSIX shm object (no MPI needed);
-//! - `topology` (feature `hwloc`): where this process runs;
+//! - [`topology`] (hwloc with the `hwloc` feature): where this process runs;
 //! - `comm` (feature `mpi`): communicator splitting and collective agreement;
-//! - `manager` (feature `mpi`): [`ResourceManager`], [`Traits`], [`Allocator`].
+//! - `placement` (feature `mpi`): NUMA policy and page size of an allocator's arena;
+//! - `manager` (feature `mpi`): [`ResourceManager`], [`Traits`], [`Allocator`];
+//! - `capi` (feature `mpi`): the C ABI of `include/nodeshm.h`.
 
 pub mod arena;
-#[cfg(feature = "mpi")]
-pub mod comm;
 pub mod error;
-pub mod placement;
 pub mod topology;
 
 #[cfg(feature = "mpi")]
 pub mod capi;
 #[cfg(feature = "mpi")]
+pub mod comm;
+#[cfg(feature = "mpi")]
 pub mod manager;
+#[cfg(feature = "mpi")]
+pub mod placement;
 
-pub use arena::HugePages;
-pub use arena::{Arena, Block};
+pub use arena::{Arena, Block, HugePages};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "mpi")]
 pub use manager::{Allocator, ResourceManager, SharedSlice, Traits, UnlinkPolicy};
+#[cfg(feature = "mpi")]
 pub use placement::{NumaPolicy, Placement};
 pub use topology::{Scope, ScopeInstance};

@@ -835,6 +835,7 @@ impl Arena {
 
     /// The user lock without a guard, for the C API (which cannot hold a Rust borrow): returns
     /// whether the previous owner died. Pair with [`Arena::unlock_user_raw`] on the same thread.
+    #[cfg(feature = "mpi")]
     pub(crate) fn lock_user_raw(&self, timeout: Duration) -> Result<bool> {
         let guard = self.lock_user(timeout)?;
         let died = guard.previous_owner_died();
@@ -844,6 +845,7 @@ impl Arena {
 
     /// Releases the user lock taken by [`Arena::lock_user_raw`]; `NotHeld` if this thread does
     /// not hold it.
+    #[cfg(feature = "mpi")]
     pub(crate) fn unlock_user_raw(&self) -> Result<()> {
         // SAFETY: the mutex is initialised; pthread reports EPERM if this thread is not the owner
         // (robust mutexes always check ownership), so a wrong call is an error, not UB.
