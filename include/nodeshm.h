@@ -7,6 +7,10 @@
  * happened, with the numbers, and what to do. No call crashes on bad input (NULL handles, bad
  * names, wrong sizes, foreign pointers): it returns a code.
  *
+ * Threads: allocate/find/deallocate on one allocator handle are safe from several threads of a
+ * process, but creating, copying (nodeshm_get_allocator) and releasing handles is not; do that
+ * from one thread, as MPI_THREAD_FUNNELED codes do.
+ *
  * Communicators cross the boundary as Fortran handles (MPI_Fint) so the library works with
  * any MPI's C handle type; the inline helpers at the end take MPI_Comm when <mpi.h> is included
  * first.
