@@ -194,6 +194,41 @@ fn basic_4_ranks() {
     run(4, "basic", &[], &[]);
 }
 
+/// A manager on a sub-communicator (not the world): each half of the ranks gets its own
+/// allocators, communicators and job token.
+fn role_subcomm() {
+    let universe = mpi::initialize().unwrap();
+    let world = universe.world();
+    let half = world
+        .split_by_color(mpi::topology::Color::with_value(world.rank() % 2))
+        .unwrap();
+    let rm = ResourceManager::new(&half).unwrap();
+    let alloc = rm
+        .make_resource("SHARED::half", Traits::new(1 << 20))
+        .unwrap();
+    assert_eq!(alloc.communicator().size(), half.size());
+    let block = alloc.allocate("owner", 8).unwrap();
+    if alloc.communicator().rank() == 0 {
+        block.as_atomic_u64()[0].store(1 + (world.rank() % 2) as u64, Ordering::Release);
+    }
+    world.barrier();
+    assert_eq!(
+        block.as_atomic_u64()[0].load(Ordering::Acquire),
+        1 + (world.rank() % 2) as u64
+    );
+    let mut tokens = vec![0u64; world.size() as usize];
+    world.all_gather_into(&rm.job_token(), &mut tokens[..]);
+    assert_ne!(tokens[0], tokens[1], "the two managers share a job token");
+    assert_eq!(tokens[0], tokens[2]);
+    world.barrier();
+    alloc.deallocate(block).unwrap();
+    println!("ok rank {} in half {}", world.rank(), world.rank() % 2);
+}
+
+fn manager_on_a_sub_communicator() {
+    run(4, "subcomm", &[], &[]);
+}
+
 /// Socket or NUMA scope on a fake two-socket topology: two arenas, two ranks each.
 fn role_scoped() {
     let scope = match support::role_arg().as_str() {
@@ -739,6 +774,7 @@ fn main() {
     support::main(
         &[
             ("basic", role_basic),
+            ("subcomm", role_subcomm),
             ("scoped", role_scoped),
             ("unbound", role_unbound),
             ("nodes", role_nodes),
@@ -752,6 +788,10 @@ fn main() {
             ("basic_1_rank", basic_1_rank),
             ("basic_2_ranks", basic_2_ranks),
             ("basic_4_ranks", basic_4_ranks),
+            (
+                "manager_on_a_sub_communicator",
+                manager_on_a_sub_communicator,
+            ),
             (
                 "socket_scope_two_fake_packages",
                 socket_scope_two_fake_packages,

@@ -258,6 +258,22 @@ fn attach_errors_are_clear() {
     assert_eq!(err.code(), ErrorCode::Incompatible, "{err}");
     assert!(err.to_string().contains("layout version 99"), "{err}");
 
+    drop(create("damaged"));
+    let damaged = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("damaged"))
+        .unwrap();
+    // The directory size word (a power of two) becomes 3.
+    let bucket_count_offset = 64;
+    std::os::unix::fs::FileExt::write_all_at(&damaged, &3u64.to_ne_bytes(), bucket_count_offset)
+        .unwrap();
+    let err = Arena::attach_with("damaged", &opts(300)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotAnArena, "{err}");
+    assert!(
+        err.to_string().contains("geometry is inconsistent"),
+        "{err}"
+    );
+
     drop(create("truncated"));
     file.set_len(0).unwrap();
     let file = std::fs::OpenOptions::new()

@@ -66,7 +66,11 @@ fn check_header(file: &File, len: u64) -> std::result::Result<(), String> {
             "truncated: header says {size} bytes, the file has {len}"
         ));
     }
-    Ok(())
+    l::check_geometry(size, |off| {
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, off).ok()?;
+        Some(u64::from_ne_bytes(b))
+    })
 }
 
 /// Inspects the arena open as `file` (a named shm object, or an fd of a process that maps an

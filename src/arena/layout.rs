@@ -159,3 +159,33 @@ pub const E_NAME_LEN: u64 = offset_of!(Entry, name_len) as u64;
 pub const fn round_up(value: u64, align: u64) -> u64 {
     (value + align - 1) & !(align - 1)
 }
+
+/// Checks that the geometry words of a header (read with `word`, by offset) describe an arena
+/// of `size` bytes this code can walk without leaving it; `Err` says what is wrong.
+pub(crate) fn check_geometry(size: u64, word: impl Fn(u64) -> Option<u64>) -> Result<(), String> {
+    let read = |off: u64, what: &str| word(off).ok_or_else(|| format!("cannot read its {what}"));
+    let buckets = read(BUCKET_COUNT, "directory size")?;
+    let buckets_at = read(BUCKETS, "directory offset")?;
+    let heap = read(HEAP_OFFSET, "heap offset")?;
+    let heap_end = read(HEAP_END, "heap end")?;
+    let undo = read(UNDO_LEN, "undo log length")?;
+    let ok = buckets.is_power_of_two()
+        && buckets_at >= HEADER_SIZE
+        && buckets_at % 8 == 0
+        && buckets
+            .checked_mul(8)
+            .and_then(|b| b.checked_add(buckets_at))
+            .is_some_and(|end| end <= heap)
+        && heap % ALIGN == 0
+        && heap_end == size
+        && heap.checked_add(64).is_some_and(|h| h < heap_end)
+        && undo <= UNDO_CAPACITY;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "its geometry is inconsistent (directory of {buckets} at {buckets_at}, heap \
+             {heap}..{heap_end} in {size} bytes, undo log {undo}): damaged or not an arena"
+        ))
+    }
+}

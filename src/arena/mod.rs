@@ -422,6 +422,15 @@ impl Arena {
         if u32::from_ne_bytes(state) != l::INIT_READY {
             return Ok(Some("never finished initialising"));
         }
+        let word = |off: u64| {
+            let mut b = [0u8; 8];
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut b, off).ok()?;
+            Some(u64::from_ne_bytes(b))
+        };
+        layout::check_geometry(size, word).map_err(|reason| Error::NotAnArena {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         Ok(None)
     }
 
