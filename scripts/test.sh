@@ -12,6 +12,7 @@ cargo clippy --no-default-features --lib --bins -- -D warnings
 cargo test --all-targets
 # The benchmark's quick mode, so it keeps working (debug build: figures are not meaningful here
 # and nothing is asserted about them; scripts/bench.sh measures for real).
+cargo build --example bench
 mpirun -n 4 --oversubscribe target/debug/examples/bench --quick \
     --json target/bench-quick.json --svg target/bench-quick.svg > target/bench-quick.txt
 echo "benchmark quick mode ran: $(grep -c . target/bench-quick.txt) lines in target/bench-quick.txt"
