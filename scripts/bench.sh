@@ -2,7 +2,7 @@
 # Runs the full benchmark (release build) on 4 ranks, as for the README's Performance section:
 # writes target/bench.json, target/bench.svg and prints the tables. As root it mounts a small
 # tmpfs with huge=always for the huge-page comparison and unmounts it afterwards.
-# Usage: scripts/bench.sh [-n RANKS] [--quick]
+# Usage: scripts/bench.sh [-n RANKS] [--quick]   (NODESHM_MPI / NODESHM_LAUNCHER: scripts/mpi-launch.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,8 +14,8 @@ while [[ $# -gt 0 ]]; do
         *) args+=("$1"); shift ;;
     esac
 done
+source scripts/mpi-env.sh
 cargo build --release --example bench
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 huge=()
 if [[ $(id -u) -eq 0 ]]; then
     dir=$(mktemp -d /tmp/nodeshm-bench-huge.XXXXXX)
@@ -23,5 +23,5 @@ if [[ $(id -u) -eq 0 ]]; then
     trap 'umount "$dir"; rmdir "$dir"' EXIT
     huge=(--huge-dir "$dir")
 fi
-mpirun -n "$ranks" --oversubscribe target/release/examples/bench "${huge[@]}" \
+scripts/mpi-launch.sh -n "$ranks" -- "$CARGO_TARGET_DIR/release/examples/bench" "${huge[@]}" \
     --json target/bench.json --svg target/bench.svg "${args[@]}"

@@ -1,24 +1,81 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, checks formatting and lints, runs every test
-# (unit, property, multi-process, MPI under mpirun, CLI, C/Fortran) and the quick benchmark.
+# (unit, property, multi-process, CLI, MPI, C/Fortran) under Open MPI, then the MPI tests under
+# MPICH, then both again under Slurm's srun on a throwaway local Slurm, and the quick benchmark.
+#
+# NODESHM_TEST_SRUN=0 leaves out the srun set (it needs root to start Slurm; without root it is
+# left out with a message).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-# The arena layer (and the command line) must build without MPI and hwloc.
-cargo clippy --no-default-features --lib --bins -- -D warnings
-cargo test --all-targets
+
+section_start=$SECONDS
+section() {
+    echo "== [$((SECONDS - section_start)) s] $*"
+}
+
+section "format and lints (Open MPI)"
+(
+    source scripts/mpi-env.sh
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+    # The arena layer (and the command line) must build without MPI and hwloc.
+    cargo clippy --no-default-features --lib --bins -- -D warnings
+)
+
+section "every test under Open MPI + mpirun"
+(
+    source scripts/mpi-env.sh
+    cargo test --all-targets
+)
+
+section "lints and MPI tests under MPICH + mpirun (target/mpich)"
+(
+    export NODESHM_MPI=mpich
+    source scripts/mpi-env.sh
+    cargo clippy --all-targets -- -D warnings
+    cargo test --test mpi --test capi
+)
+
+if [[ ${NODESHM_TEST_SRUN:-1} == 0 ]]; then
+    section "srun set left out (NODESHM_TEST_SRUN=0)"
+elif [[ $(id -u) -ne 0 ]]; then
+    section "srun set left out: starting a local Slurm needs root"
+else
+    section "MPI tests under srun (Open MPI --mpi=pmix, MPICH --mpi=pmi2) on a local Slurm"
+    tests/tools/slurm-local.sh start
+    trap 'tests/tools/slurm-local.sh stop' EXIT
+    for impl in openmpi mpich; do
+        (
+            export NODESHM_MPI=$impl NODESHM_LAUNCHER=srun
+            source scripts/mpi-env.sh
+            cargo test --test mpi --test capi
+        )
+    done
+    tests/tools/slurm-local.sh stop
+    trap - EXIT
+fi
+
 # The benchmark's quick mode, so it keeps working (debug build: figures are not meaningful here
 # and nothing is asserted about them; scripts/bench.sh measures for real).
-cargo build --example bench
-mpirun -n 4 --oversubscribe target/debug/examples/bench --quick \
-    --json target/bench-quick.json --svg target/bench-quick.svg > target/bench-quick.txt
-echo "benchmark quick mode ran: $(grep -c . target/bench-quick.txt) lines in target/bench-quick.txt"
+for impl in openmpi mpich; do
+    section "benchmark quick mode ($impl)"
+    (
+        export NODESHM_MPI=$impl
+        source scripts/mpi-env.sh
+        cargo build --example bench
+        scripts/mpi-launch.sh -n 4 -- "$CARGO_TARGET_DIR/debug/examples/bench" --quick \
+            --json "target/bench-quick-$impl.json" --svg "target/bench-quick-$impl.svg" \
+            > "target/bench-quick-$impl.txt"
+        echo "benchmark quick mode ran: $(grep -c . "target/bench-quick-$impl.txt") lines in target/bench-quick-$impl.txt"
+    )
+done
+
+section "leak check"
 leaks=$(ls /dev/shm | grep '^nodeshm' || true)
 if [[ -n "$leaks" ]]; then
     echo "tests left shared memory behind in /dev/shm:" >&2
     echo "$leaks" >&2
     exit 1
 fi
+section "all done"

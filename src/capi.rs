@@ -328,7 +328,7 @@ pub unsafe extern "C" fn nodeshm_manager_create(
 ) -> c_int {
     guard(|| {
         // SAFETY: converting a handle value has no preconditions beyond MPI being initialised.
-        let raw: MPI_Comm = unsafe { mpi::ffi::MPI_Comm_f2c(comm) };
+        let raw: MPI_Comm = unsafe { mpi::ffi::RSMPI_Comm_f2c(comm) };
         // SAFETY: reading the MPI library's constant.
         if raw == unsafe { mpi::ffi::RSMPI_COMM_NULL } {
             return Err(Error::InvalidArgument(format!(
@@ -567,7 +567,7 @@ pub unsafe extern "C" fn nodeshm_allocator_comm(
         // SAFETY: forwarded contract.
         let a = unsafe { handle(a, "allocator")? };
         // SAFETY: the communicator is valid while the allocator lives.
-        let f = unsafe { mpi::ffi::MPI_Comm_c2f(a.0.communicator().as_raw()) };
+        let f = unsafe { mpi::ffi::RSMPI_Comm_c2f(a.0.communicator().as_raw()) };
         // SAFETY: forwarded contract.
         unsafe { put(out, f, "out") }
     })

@@ -141,14 +141,14 @@ mod imp {
                 ))),
                 many => Err(Error::Binding(format!(
                     "bound to CPUs {}, which span {} {scope}s ({}): a {scope}-scoped \
-                     allocator needs every rank inside one {scope}; bind ranks with \
-                     `mpirun --bind-to core` (or `--bind-to socket`)",
+                     allocator needs every rank inside one {scope}; {}",
                     cpu_list(cpus),
                     many.len(),
                     many.iter()
                         .map(|o| format!("#{}", o.logical_index()))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    binding_advice()
                 ))),
             }
         }
@@ -202,5 +202,27 @@ impl Topology {
                 "{scope} scope needs hwloc: build nodeshm with the `hwloc` feature"
             ))),
         }
+    }
+}
+
+/// How to bind ranks to cores, in the spelling of every launcher we know, the one that started
+/// this process first (recognised by the variables each sets in its ranks' environment).
+#[cfg(feature = "hwloc")]
+pub(crate) fn binding_advice() -> String {
+    let has = |v: &str| std::env::var_os(v).is_some();
+    let launcher = if has("SLURM_STEP_ID") && has("SLURM_PROCID") {
+        Some("srun --cpu-bind=cores")
+    } else if has("OMPI_COMM_WORLD_SIZE") {
+        Some("mpirun --bind-to core")
+    } else if has("PMI_RANK") || has("MPI_LOCALRANKID") {
+        Some("mpiexec -bind-to core")
+    } else {
+        None
+    };
+    let all = "Open MPI `mpirun --bind-to core`, MPICH `mpiexec -bind-to core`, \
+               Slurm `srun --cpu-bind=cores`";
+    match launcher {
+        Some(l) => format!("bind each rank to a core: this job's launcher wants `{l}` ({all})"),
+        None => format!("bind each rank to a core ({all})"),
     }
 }

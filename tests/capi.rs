@@ -1,6 +1,7 @@
 //! The C ABI as C, C++ and Fortran users meet it: build and install the CMake package into a
 //! fresh prefix, build the C and Fortran examples and the bad-input test against it with
-//! `find_package(nodeshm)`, and run them under mpirun.
+//! `find_package(nodeshm)`, and run them under the chosen MPI and launcher
+//! (`scripts/mpi-launch.sh`); a consumer that finds the other MPI fails at configure time.
 
 mod support;
 
@@ -8,23 +9,41 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use support::launch::Job;
+
 fn step(what: &str, cmd: &mut Command, limit: Duration) -> String {
     let (ok, out) = support::run_with_timeout(cmd, limit);
     assert!(ok, "{what} failed:\n{out}");
     out
 }
 
-fn cmake_build(source: &Path, build: &Path, prefix: &Path) {
-    step(
-        &format!("configuring {}", source.display()),
+/// `-DMPI_<lang>_COMPILER=` for the MPI this run uses (`MPICC`, `MPIFC` from scripts/mpi-env.sh).
+fn mpi_compilers() -> Vec<String> {
+    let mut args = Vec::new();
+    for (var, lang) in [("MPICC", "C"), ("MPIFC", "Fortran")] {
+        if let Ok(wrapper) = std::env::var(var) {
+            args.push(format!("-DMPI_{lang}_COMPILER={wrapper}"));
+        }
+    }
+    args
+}
+
+fn cmake_configure(source: &Path, build: &Path, prefix: &Path, mpi: &[String]) -> (bool, String) {
+    support::run_with_timeout(
         Command::new("cmake")
             .arg("-S")
             .arg(source)
             .arg("-B")
             .arg(build)
-            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())),
+            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+            .args(mpi),
         Duration::from_secs(120),
-    );
+    )
+}
+
+fn cmake_build(source: &Path, build: &Path, prefix: &Path) {
+    let (ok, out) = cmake_configure(source, build, prefix, &mpi_compilers());
+    assert!(ok, "configuring {} failed:\n{out}", source.display());
     step(
         &format!("building {}", source.display()),
         Command::new("cmake").arg("--build").arg(build),
@@ -32,19 +51,43 @@ fn cmake_build(source: &Path, build: &Path, prefix: &Path) {
     );
 }
 
-fn mpirun(np: usize, exe: &Path) -> String {
+fn launch(np: usize, exe: &Path) -> String {
     step(
         &format!("running {}", exe.display()),
-        Command::new("mpirun")
-            .args(["--oversubscribe", "-n", &np.to_string()])
-            .arg(exe)
-            // cargo test points LD_LIBRARY_PATH at target/debug, which holds a libnodeshm.so
-            // too: the programs must load the installed one, as a user's would.
-            .env_remove("LD_LIBRARY_PATH")
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+        &mut Job::new(np, exe).command(),
         Duration::from_secs(120),
     )
+}
+
+/// A consumer configured with the other MPI family than the package was built with must fail at
+/// configure time, saying which MPI each side has.
+fn other_mpi_is_refused(root: &Path, work: &Path, prefix: &Path) {
+    let other = if support::launch::mpi() == "mpich" {
+        ("mpicc.openmpi", "Open MPI")
+    } else {
+        ("mpicc.mpich", "MPICH")
+    };
+    if Command::new("sh")
+        .args(["-c", &format!("command -v {}", other.0)])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        println!("skipped the other-MPI check: {} is not installed", other.0);
+        return;
+    }
+    let (ok, out) = cmake_configure(
+        &root.join("examples/c"),
+        &work.join("c-other-mpi"),
+        prefix,
+        &[format!("-DMPI_C_COMPILER={}", other.0)],
+    );
+    assert!(!ok, "a consumer with {} was accepted:\n{out}", other.1);
+    assert!(
+        out.contains("nodeshm was built with")
+            && out.contains(&format!("project found {}", other.1)),
+        "{out}"
+    );
 }
 
 fn cmake_package_examples_and_bad_input() {
@@ -54,7 +97,7 @@ fn cmake_package_examples_and_bad_input() {
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capi");
     let prefix = work.join("prefix");
     let _ = std::fs::remove_dir_all(&prefix);
-    for user in ["c", "fortran", "tests"] {
+    for user in ["c", "c-other-mpi", "fortran", "tests"] {
         let _ = std::fs::remove_dir_all(work.join(user));
     }
     step(
@@ -64,7 +107,8 @@ fn cmake_package_examples_and_bad_input() {
             .arg(root.join("cmake"))
             .arg("-B")
             .arg(work.join("package"))
-            .arg(format!("-DCMAKE_INSTALL_PREFIX={}", prefix.display())),
+            .arg(format!("-DCMAKE_INSTALL_PREFIX={}", prefix.display()))
+            .args(mpi_compilers()),
         Duration::from_secs(120),
     );
     step(
@@ -93,7 +137,7 @@ fn cmake_package_examples_and_bad_input() {
     }
 
     cmake_build(&root.join("examples/c"), &work.join("c"), &prefix);
-    let out = mpirun(4, &work.join("c/cookbook"));
+    let out = launch(4, &work.join("c/cookbook"));
     assert_eq!(
         out.lines()
             .filter(|l| l.starts_with("ok rank") && l.ends_with("read 0xdeadbeef"))
@@ -107,7 +151,7 @@ fn cmake_package_examples_and_bad_input() {
         &work.join("fortran"),
         &prefix,
     );
-    let out = mpirun(4, &work.join("fortran/shared_sum"));
+    let out = launch(4, &work.join("fortran/shared_sum"));
     assert_eq!(
         out.lines()
             .filter(|l| l.starts_with("ok rank") && l.contains("sum 5000050000.0"))
@@ -116,9 +160,11 @@ fn cmake_package_examples_and_bad_input() {
         "{out}"
     );
 
+    other_mpi_is_refused(&root, &work, &prefix);
+
     cmake_build(&root.join("tests/c"), &work.join("tests"), &prefix);
     for exe in ["bad_input", "bad_input_static"] {
-        let out = mpirun(2, &work.join("tests").join(exe));
+        let out = launch(2, &work.join("tests").join(exe));
         assert_eq!(
             out.lines().filter(|l| *l == "45 passed, 0 failed").count(),
             2,

@@ -1,8 +1,11 @@
-//! MPI scenarios, each launched by this binary itself under `mpirun` (1, 2 and 4 ranks, fake
-//! sockets, simulated nodes, crashes). A scenario passes when every rank printed its "ok" line
-//! and the job's exit status is what the scenario expects.
+//! MPI scenarios, each launched by this binary itself through `scripts/mpi-launch.sh` (Open MPI
+//! or MPICH, `mpirun` or `srun`; 1, 2 and 4 ranks, fake sockets, simulated nodes, crashes). A
+//! scenario passes when every rank printed its "ok" line and the job's exit status is what the
+//! scenario expects.
 
 mod support;
+
+use support::launch::{Binding, Job};
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,27 +29,6 @@ fn topology(file: &str) -> String {
         .to_string()
 }
 
-/// `mpirun` over this binary playing `role`, with extra environment and mpirun arguments.
-fn mpirun(np: usize, role: &str, env: &[(&str, String)], args: &[&str]) -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "--oversubscribe",
-        "-n",
-        &np.to_string(),
-        "-x",
-        support::ROLE_ENV,
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v).args(["-x", k]);
-    }
-    cmd.args(args)
-        .arg(std::env::current_exe().unwrap())
-        .env(support::ROLE_ENV, role)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    cmd
-}
-
 fn expect_ok(np: usize, (ok, out): (bool, String)) -> String {
     let oks = out.lines().filter(|l| l.starts_with("ok rank")).count();
     assert!(
@@ -56,11 +38,9 @@ fn expect_ok(np: usize, (ok, out): (bool, String)) -> String {
     out
 }
 
-fn run(np: usize, role: &str, env: &[(&str, String)], args: &[&str]) -> String {
-    expect_ok(
-        np,
-        support::run_with_timeout(&mut mpirun(np, role, env, args), LIMIT),
-    )
+/// Runs `job` (ranks of this binary playing a role) and expects every rank's "ok" line.
+fn run(np: usize, job: Job) -> String {
+    expect_ok(np, support::run_with_timeout(&mut job.command(), LIMIT))
 }
 
 /// Everything the manager does on one node, with `np` ranks.
@@ -185,13 +165,13 @@ fn role_basic() {
 }
 
 fn basic_1_rank() {
-    run(1, "basic", &[], &[]);
+    run(1, Job::role(1, "basic"));
 }
 fn basic_2_ranks() {
-    run(2, "basic", &[], &[]);
+    run(2, Job::role(2, "basic"));
 }
 fn basic_4_ranks() {
-    run(4, "basic", &[], &[]);
+    run(4, Job::role(4, "basic"));
 }
 
 /// A manager on a sub-communicator (not the world): each half of the ranks gets its own
@@ -226,7 +206,7 @@ fn role_subcomm() {
 }
 
 fn manager_on_a_sub_communicator() {
-    run(4, "subcomm", &[], &[]);
+    run(4, Job::role(4, "subcomm"));
 }
 
 /// Socket or NUMA scope on a fake two-socket topology: two arenas, two ranks each.
@@ -275,28 +255,23 @@ fn role_scoped() {
     println!("ok rank {rank} {instance}");
 }
 
-fn scoped_env(xml: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("HWLOC_XMLFILE", topology(xml)),
-        ("HWLOC_THISSYSTEM", "1".into()),
-    ]
+/// `job` on a fake topology from `tests/topologies/`.
+fn scoped(job: Job, xml: &str) -> Job {
+    job.env("HWLOC_XMLFILE", topology(xml))
+        .env("HWLOC_THISSYSTEM", "1")
 }
 
 fn socket_scope_two_fake_packages() {
     run(
         4,
-        "scoped:socket",
-        &scoped_env("two-packages.xml"),
-        &["--bind-to", "core:overload-allowed"],
+        scoped(Job::role(4, "scoped:socket"), "two-packages.xml").bind(Binding::Core),
     );
 }
 
 fn numa_scope_two_fake_numa_nodes() {
     run(
         4,
-        "scoped:numa",
-        &scoped_env("two-packages-two-numa.xml"),
-        &["--bind-to", "core:overload-allowed"],
+        scoped(Job::role(4, "scoped:numa"), "two-packages-two-numa.xml").bind(Binding::Core),
     );
 }
 
@@ -311,7 +286,22 @@ fn role_unbound() {
     assert_eq!(err.code(), ErrorCode::Binding, "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("rank 0") && msg.contains("--bind-to") && msg.contains("span 2 sockets"),
+        msg.contains("rank 0") && msg.contains("span 2 sockets"),
+        "{msg}"
+    );
+    let ours = match (
+        support::launch::launcher().as_str(),
+        support::launch::mpi().as_str(),
+    ) {
+        ("srun", _) => "`srun --cpu-bind=cores`",
+        (_, "mpich") => "`mpiexec -bind-to core`",
+        _ => "`mpirun --bind-to core`",
+    };
+    assert!(
+        msg.contains(&format!("this job's launcher wants {ours}"))
+            && msg.contains("--bind-to core")
+            && msg.contains("-bind-to core")
+            && msg.contains("--cpu-bind=cores"),
         "{msg}"
     );
     // The manager is still usable afterwards.
@@ -323,9 +313,7 @@ fn role_unbound() {
 fn unbound_ranks_get_a_binding_error() {
     run(
         4,
-        "unbound",
-        &scoped_env("two-packages.xml"),
-        &["--bind-to", "none"],
+        scoped(Job::role(4, "unbound"), "two-packages.xml").bind(Binding::None),
     );
 }
 
@@ -369,6 +357,17 @@ fn role_nodes() {
 }
 
 fn two_simulated_nodes() {
+    if support::launch::under_srun() {
+        println!("skipped: simulated nodes are started by mpirun, not srun");
+        return;
+    }
+    if support::launch::mpi() != "openmpi" {
+        // MPICH (ch4:ucx) over TCP hangs in MPI_Finalize in about one run of four here: one rank
+        // flushes its UCX TCP endpoints while its peers already wait in the PMI barrier and no
+        // longer progress UCX (openucx/ucx#8738). Not ours to fix; Open MPI runs it reliably.
+        println!("skipped: simulated nodes run under Open MPI only (UCX TCP finalize hang)");
+        return;
+    }
     let script = manifest().join("tests/tools/mpirun-nodes.sh");
     let mut cmd = Command::new("bash");
     cmd.arg(script)
@@ -416,7 +415,7 @@ fn role_mismatch() {
 }
 
 fn mismatched_arguments_fail_everywhere() {
-    run(4, "mismatch", &[], &[]);
+    run(4, Job::role(4, "mismatch"));
 }
 
 /// A leader whose backing directory is too small: every rank gets its error.
@@ -450,7 +449,7 @@ fn full_backing_directory_fails_everywhere() {
         return;
     }
     let tmpfs = support::Mount::tmpfs("16m");
-    run(4, &format!("full:{}", tmpfs.0.display()), &[], &[]);
+    run(4, Job::role(4, &format!("full:{}", tmpfs.0.display())));
 }
 
 /// A rank killed after make_resource: nothing of the job may stay in /dev/shm.
@@ -471,7 +470,7 @@ fn role_killed() {
 }
 
 fn killed_rank_leaks_nothing() {
-    let (ok, out) = support::run_with_timeout(&mut mpirun(4, "killed", &[], &[]), LIMIT);
+    let (ok, out) = support::run_with_timeout(&mut Job::role(4, "killed").command(), LIMIT);
     assert!(!ok, "the job should fail when a rank is killed:\n{out}");
     let token = out
         .lines()
@@ -533,8 +532,8 @@ fn two_jobs_never_share() {
     let dir = std::env::temp_dir().join(format!("nodeshm-twojobs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let role = format!("twojobs:{}", dir.display());
-    let mut a = mpirun(2, &role, &[], &[]);
-    let mut b = mpirun(2, &role, &[], &[]);
+    let mut a = Job::role(2, &role).command();
+    let mut b = Job::role(2, &role).command();
     let first = std::thread::spawn(move || support::run_with_timeout(&mut a, LIMIT));
     let second = support::run_with_timeout(&mut b, LIMIT);
     expect_ok(2, first.join().unwrap());
@@ -717,15 +716,17 @@ fn role_placement() {
 }
 
 fn placement_auto_binds_to_node_0() {
-    run(4, "placement:auto", &[], &[]);
+    run(4, Job::role(4, "placement:auto"));
 }
 
 fn placement_auto_falls_back_and_bind_fails_on_fake_numa_node() {
     run(
         4,
-        "placement:fakenuma",
-        &scoped_env("two-packages-two-numa.xml"),
-        &["--bind-to", "core:overload-allowed"],
+        scoped(
+            Job::role(4, "placement:fakenuma"),
+            "two-packages-two-numa.xml",
+        )
+        .bind(Binding::Core),
     );
 }
 
@@ -735,7 +736,10 @@ fn placement_transparent_huge_pages_on_huge_tmpfs() {
         return;
     }
     let tmpfs = support::Mount::new("tmpfs", "size=64m,huge=always");
-    run(2, &format!("placement:thp:{}", tmpfs.0.display()), &[], &[]);
+    run(
+        2,
+        Job::role(2, &format!("placement:thp:{}", tmpfs.0.display())),
+    );
 }
 
 fn placement_required_huge_pages_on_hugetlbfs() {
@@ -745,24 +749,23 @@ fn placement_required_huge_pages_on_hugetlbfs() {
     }
     let reserved = support::HugePagesReserved::reserve(8);
     let mount = support::Mount::new("hugetlbfs", "mode=1777");
+    // MPICH's UCX shared-memory transport takes free huge pages for itself when it starts
+    // (UCX_SYSV_HUGETLB_MODE=try by default), which would leave too few for the arena.
     run(
         2,
-        &format!("placement:hugetlb:{}", mount.0.display()),
-        &[],
-        &[],
+        Job::role(2, &format!("placement:hugetlb:{}", mount.0.display()))
+            .env("UCX_SYSV_HUGETLB_MODE", "n"),
     );
     drop((mount, reserved));
     let plain = support::TempDir::new("not-hugetlbfs");
     run(
         2,
-        &format!("placement:no-hugetlbfs:{}", plain.0.display()),
-        &[],
-        &[],
+        Job::role(2, &format!("placement:no-hugetlbfs:{}", plain.0.display())),
     );
 }
 
 fn prefault_maps_every_page_on_every_rank() {
-    run(4, "placement:prefault", &[], &[]);
+    run(4, Job::role(4, "placement:prefault"));
 }
 
 fn nothing_left_in_dev_shm() {

@@ -116,7 +116,11 @@ fn main() {
     if world.rank() != 0 {
         return;
     }
-    let mpi_version = mpi::environment::library_version().unwrap_or_default();
+    // The library's string can carry its C terminator and a trailing newline (Open MPI, MPICH).
+    let mpi_version = mpi::environment::library_version()
+        .unwrap_or_default()
+        .trim_end_matches(['\0', '\n', ' '])
+        .to_string();
     let mpi_version = mpi_version.lines().next().unwrap_or("").trim().to_string();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = std::process::Command::new("date")

@@ -18,7 +18,9 @@ impl SharedWindow {
     pub fn allocate(comm: &SimpleCommunicator, size: usize) -> SharedWindow {
         let mine = if comm.rank() == 0 { size } else { 0 };
         let mut base: *mut u8 = std::ptr::null_mut();
-        let mut win = ffi::MPI_Win(std::ptr::null_mut());
+        // SAFETY: reading the MPI library's constant; handle types differ between MPIs (a
+        // pointer in Open MPI, an integer in MPICH), so the null handle comes from the library.
+        let mut win = unsafe { ffi::RSMPI_WIN_NULL };
         // SAFETY: valid communicator and info handle; `base` and `win` are writable out
         // parameters of the right types (baseptr is a pointer to a pointer).
         let rc = unsafe {

@@ -3,6 +3,8 @@
 //! role (a child process or an MPI rank) and exits.
 #![allow(dead_code)]
 
+pub mod launch;
+
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
