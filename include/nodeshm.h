@@ -52,6 +52,7 @@ extern "C" {
 #define NODESHM_ECORRUPT 15      /* arena metadata is damaged */
 #define NODESHM_EPLACEMENT 16    /* the requested memory placement cannot be honoured */
 #define NODESHM_EINTERNAL 17     /* a bug in nodeshm (please report nodeshm_last_error()) */
+#define NODESHM_EUNTRUSTED 18    /* the arena belongs to a user or group not trusted */
 
 /* Scopes: which ranks share one arena. */
 #define NODESHM_SCOPE_NODE 0   /* all ranks of a node (default) */

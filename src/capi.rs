@@ -128,6 +128,7 @@ pub extern "C" fn nodeshm_strerror(code: c_int) -> *const c_char {
             ErrorCode::Corrupted => c"arena metadata corrupted",
             ErrorCode::Placement => c"memory placement failed",
             ErrorCode::Internal => c"internal error",
+            ErrorCode::Untrusted => c"arena owned by an untrusted user",
         },
     };
     text.as_ptr()

@@ -42,6 +42,8 @@ pub enum ErrorCode {
     Placement = 16,
     /// A bug in nodeshm (a panic caught at the C boundary).
     Internal = 17,
+    /// The arena belongs to another user (or group) than the caller trusts.
+    Untrusted = 18,
 }
 
 impl ErrorCode {
@@ -66,6 +68,7 @@ impl ErrorCode {
             Corrupted,
             Placement,
             Internal,
+            Untrusted,
         ]
         .into_iter()
         .find(|c| *c as i32 == value)
@@ -158,6 +161,20 @@ pub enum Error {
     #[error("internal error in nodeshm (please report it): {0}")]
     Internal(String),
 
+    /// The shm object is owned by a user the caller did not name as trusted: whoever can write
+    /// an arena can corrupt its process-shared mutex and crash every process attached to it.
+    #[error(
+        "{path} belongs to uid {owner} (group {group}), not to you (uid {uid}); refusing to attach \
+         an arena another user can write. If that user is trusted, allow it explicitly \
+         (Options::trust_uid, or Options::trust_group for a group)"
+    )]
+    Untrusted {
+        path: PathBuf,
+        owner: u32,
+        group: u32,
+        uid: u32,
+    },
+
     /// An error that happened on one rank of a collective call and is returned on every rank.
     #[error("{message} (on rank {rank}{})", if *failed_ranks > 1 { format!(" and {} other rank(s)", failed_ranks - 1) } else { String::new() })]
     Collective {
@@ -189,6 +206,7 @@ impl Error {
             Error::Corrupted(_) => ErrorCode::Corrupted,
             Error::Placement(_) => ErrorCode::Placement,
             Error::Internal(_) => ErrorCode::Internal,
+            Error::Untrusted { .. } => ErrorCode::Untrusted,
             Error::Collective { code, .. } => *code,
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::arena::heap;
 use crate::arena::layout::{self as l, round_up, ENTRY_SIZE};
-use crate::arena::region::{Region, Tx};
+use crate::arena::region::{Mem, Tx};
 use crate::error::{Error, Result};
 
 /// Longest block name, in bytes.
@@ -24,6 +24,12 @@ pub(crate) fn hash(name: &[u8]) -> u64 {
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<()> {
+    if name.contains('\0') {
+        return Err(Error::InvalidName {
+            name: name.chars().take(64).collect(),
+            reason: "block names cannot contain a NUL byte".into(),
+        });
+    }
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(Error::InvalidName {
             name: name.chars().take(64).collect(),
@@ -36,29 +42,103 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn bucket_of(r: &Region, h: u64) -> u64 {
-    r.load(l::BUCKETS) + (h & (r.load(l::BUCKET_COUNT) - 1)) * 8
+fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
+    let g = r.geometry();
+    g.buckets_offset + (h & (g.bucket_count - 1)) * 8
 }
 
-fn name_matches(r: &Region, entry: u64, name: &[u8]) -> bool {
-    if r.load(entry + l::E_NAME_LEN) != name.len() as u64 {
-        return false;
+/// Checks that `e` can be a directory entry: an aligned heap payload with room for the entry.
+fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
+    let g = r.geometry();
+    if e < g.heap_offset + 16 || e % l::ALIGN != 0 || e + ENTRY_SIZE > g.sentinel() {
+        return Err(Error::Corrupted(format!(
+            "a directory link points to offset {e}, outside the heap {}..{}",
+            g.heap_offset, g.heap_end
+        )));
+    }
+    Ok(e)
+}
+
+/// Follows a bucket chain one step at a time, refusing links outside the heap and chains
+/// longer than the heap could hold (a cycle in damaged metadata).
+/// Cycles are found within about twice the chain's length (Brent's algorithm), so a damaged
+/// chain costs no more than the walk of a healthy one.
+struct Chain<'m, M: Mem + ?Sized> {
+    r: &'m M,
+    next: u64,
+    steps: u64,
+    /// Brent: a remembered entry, and how far to go before remembering the next one.
+    mark: u64,
+    power: u64,
+}
+
+impl<'m, M: Mem + ?Sized> Chain<'m, M> {
+    fn new(r: &'m M, bucket: u64) -> Result<Self> {
+        Ok(Chain {
+            r,
+            next: r.load(bucket)?,
+            steps: 0,
+            mark: 0,
+            power: 1,
+        })
+    }
+
+    fn step(&mut self) -> Result<Option<u64>> {
+        if self.next == 0 {
+            return Ok(None);
+        }
+        if self.next == self.mark || self.steps >= self.r.geometry().max_blocks() {
+            return Err(Error::Corrupted(format!(
+                "a directory chain does not end (it loops back to offset {})",
+                self.next
+            )));
+        }
+        self.steps += 1;
+        if self.steps == self.power {
+            self.mark = self.next;
+            self.power *= 2;
+        }
+        let e = check_entry(self.r, self.next)?;
+        self.next = self.r.load(e + l::E_NEXT)?;
+        Ok(Some(e))
+    }
+}
+
+fn name_matches<M: Mem + ?Sized>(r: &M, entry: u64, name: &[u8]) -> Result<bool> {
+    if r.load(entry + l::E_NAME_LEN)? != name.len() as u64 {
+        return Ok(false);
     }
     let mut stored = [0u8; MAX_NAME_LEN];
-    r.read_bytes(entry + ENTRY_SIZE, &mut stored[..name.len()]);
-    &stored[..name.len()] == name
+    r.read_bytes(entry + ENTRY_SIZE, &mut stored[..name.len()])?;
+    Ok(&stored[..name.len()] == name)
 }
 
 /// The entry for `name`, if any.
-pub(crate) fn lookup(r: &Region, name: &[u8], h: u64) -> Option<u64> {
-    let mut e = r.load(bucket_of(r, h));
-    while e != 0 {
-        if r.load(e + l::E_HASH) == h && name_matches(r, e, name) {
-            return Some(e);
+pub(crate) fn lookup<M: Mem + ?Sized>(r: &M, name: &[u8], h: u64) -> Result<Option<u64>> {
+    let mut chain = Chain::new(r, bucket_of(r, h))?;
+    while let Some(e) = chain.step()? {
+        if r.load(e + l::E_HASH)? == h && name_matches(r, e, name)? {
+            return Ok(Some(e));
         }
-        e = r.load(e + l::E_NEXT);
     }
-    None
+    Ok(None)
+}
+
+/// The data offset and size of entry `e`, checked to lie inside the heap and to be aligned
+/// to `align`, so that a block handed to the user is memory this arena owns.
+pub(crate) fn data_of<M: Mem + ?Sized>(r: &M, e: u64, align: u64) -> Result<(u64, u64)> {
+    let (data, size) = (r.load(e + l::E_DATA)?, r.load(e + l::E_SIZE)?);
+    let end = data.checked_add(size);
+    if data < e + ENTRY_SIZE
+        || data % align != 0
+        || size == 0
+        || end.is_none_or(|end| end > r.geometry().sentinel())
+    {
+        return Err(Error::Corrupted(format!(
+            "entry at {e} describes {size} bytes at offset {data}, not a block of its heap"
+        )));
+    }
+    Ok((data, size))
 }
 
 /// Heap bytes a block of `bytes` named `name_len` bytes needs, aligned to `align`.
@@ -80,41 +160,42 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
     );
     // The block is fresh and unreachable until the bucket link below, so plain stores suffice.
     let bucket = bucket_of(&r, h);
-    r.store(entry + l::E_NEXT, tx.get(bucket));
-    r.store(entry + l::E_HASH, h);
-    r.store(entry + l::E_DATA, data);
-    r.store(entry + l::E_SIZE, bytes);
-    r.store(entry + l::E_REFCOUNT, 1);
-    r.store(entry + l::E_NAME_LEN, name.len() as u64);
-    r.write_bytes(entry + ENTRY_SIZE, name);
+    r.store(entry + l::E_NEXT, tx.get(bucket)?)?;
+    r.store(entry + l::E_HASH, h)?;
+    r.store(entry + l::E_DATA, data)?;
+    r.store(entry + l::E_SIZE, bytes)?;
+    r.store(entry + l::E_REFCOUNT, 1)?;
+    r.store(entry + l::E_NAME_LEN, name.len() as u64)?;
+    r.write_bytes(entry + ENTRY_SIZE, name)?;
     tx.set(bucket, entry)?;
-    tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS) + 1)?;
-    tx.set(l::REQUESTED, tx.get(l::REQUESTED) + bytes)?;
+    tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS)?.wrapping_add(1))?;
+    tx.set(l::REQUESTED, tx.get(l::REQUESTED)?.wrapping_add(bytes))?;
     Ok(entry)
 }
 
 /// Unlinks `entry` from its chain and frees its block.
 pub(crate) fn remove(tx: &mut Tx, entry: u64) -> Result<()> {
     let r = *tx.region();
-    let bucket = bucket_of(&r, r.load(entry + l::E_HASH));
+    let bucket = bucket_of(&r, r.load(entry + l::E_HASH)?);
     let mut link = bucket;
+    let mut chain = Chain::new(&r, bucket)?;
     loop {
-        let e = r.load(link);
-        if e == 0 {
+        let Some(e) = chain.step()? else {
             return Err(Error::Corrupted(format!(
                 "entry at offset {entry} is missing from its bucket chain"
             )));
-        }
+        };
         if e == entry {
             break;
         }
         link = e + l::E_NEXT;
     }
-    tx.set(link, r.load(entry + l::E_NEXT))?;
-    tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS) - 1)?;
+    tx.set(link, r.load(entry + l::E_NEXT)?)?;
+    tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS)?.wrapping_sub(1))?;
     tx.set(
         l::REQUESTED,
-        tx.get(l::REQUESTED) - r.load(entry + l::E_SIZE),
+        tx.get(l::REQUESTED)?
+            .wrapping_sub(r.load(entry + l::E_SIZE)?),
     )?;
     heap::free(tx, entry)
 }
@@ -132,73 +213,90 @@ pub struct EntryInfo {
     pub refcount: u64,
 }
 
-pub(crate) fn read_entry(r: &Region, e: u64) -> EntryInfo {
-    let len = (r.load(e + l::E_NAME_LEN) as usize).min(MAX_NAME_LEN);
+pub(crate) fn read_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<EntryInfo> {
+    let len = (r.load(e + l::E_NAME_LEN)? as usize).min(MAX_NAME_LEN);
     let mut name = vec![0u8; len];
-    r.read_bytes(e + ENTRY_SIZE, &mut name);
-    EntryInfo {
+    r.read_bytes(e + ENTRY_SIZE, &mut name)?;
+    Ok(EntryInfo {
         name: String::from_utf8_lossy(&name).into_owned(),
-        offset: r.load(e + l::E_DATA),
-        size: r.load(e + l::E_SIZE),
-        refcount: r.load(e + l::E_REFCOUNT),
+        offset: r.load(e + l::E_DATA)?,
+        size: r.load(e + l::E_SIZE)?,
+        refcount: r.load(e + l::E_REFCOUNT)?,
+    })
+}
+
+/// Every entry, in bucket order, at most `limit` of them (`Ok((entries, true))` when there were
+/// more). Cost: O(buckets + entries).
+pub(crate) fn entries<M: Mem + ?Sized>(r: &M, limit: u64) -> Result<(Vec<EntryInfo>, bool)> {
+    match entries_partial(r, limit) {
+        (out, more, None) => Ok((out, more)),
+        (_, _, Some(e)) => Err(e),
     }
 }
 
-/// Every entry, in bucket order. Cost: O(buckets + entries).
-pub(crate) fn entries(r: &Region) -> Vec<EntryInfo> {
-    let mut out = Vec::with_capacity(r.load(l::LIVE_BLOCKS) as usize);
-    let buckets = r.load(l::BUCKETS);
-    for i in 0..r.load(l::BUCKET_COUNT) {
-        let mut e = r.load(buckets + i * 8);
-        while e != 0 {
-            out.push(read_entry(r, e));
-            e = r.load(e + l::E_NEXT);
+/// Like [`entries`], keeping what was found before damage stopped the walk (for inspection).
+pub(crate) fn entries_partial<M: Mem + ?Sized>(
+    r: &M,
+    limit: u64,
+) -> (Vec<EntryInfo>, bool, Option<Error>) {
+    let g = *r.geometry();
+    let live = r.load(l::LIVE_BLOCKS).unwrap_or(0);
+    let mut out = Vec::with_capacity(live.min(limit).min(g.max_blocks()).min(1 << 20) as usize);
+    let mut total = 0;
+    let mut walk = || -> Result<bool> {
+        for i in 0..g.bucket_count {
+            let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
+            while let Some(e) = chain.step()? {
+                total += 1;
+                if total > g.max_blocks() {
+                    return Err(Error::Corrupted(
+                        "the directory holds more entries than the heap could".into(),
+                    ));
+                }
+                if out.len() as u64 >= limit {
+                    return Ok(true);
+                }
+                out.push(read_entry(r, e)?);
+            }
         }
+        Ok(false)
+    };
+    match walk() {
+        Ok(more) => (out, more, None),
+        Err(e) => (out, false, Some(e)),
     }
-    out
 }
 
 /// Checks that every entry is inside the heap, in the right bucket, and counted.
-pub(crate) fn verify(r: &Region) -> Result<u64> {
-    let (start, end) = (r.load(l::HEAP_OFFSET), r.load(l::HEAP_END));
-    let buckets = r.load(l::BUCKETS);
-    let count = r.load(l::BUCKET_COUNT);
-    let live = r.load(l::LIVE_BLOCKS);
+pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
+    let g = *r.geometry();
+    let live = r.load(l::LIVE_BLOCKS)?;
     let mut seen = 0u64;
     let mut requested = 0u64;
-    for i in 0..count {
-        let mut e = r.load(buckets + i * 8);
-        while e != 0 {
-            if e < start || e + ENTRY_SIZE > end || e % l::ALIGN != 0 {
-                return Err(Error::Corrupted(format!("bucket {i} links to offset {e}")));
-            }
-            let info = read_entry(r, e);
-            if hash(info.name.as_bytes()) & (count - 1) != i || info.refcount == 0 {
+    for i in 0..g.bucket_count {
+        let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
+        while let Some(e) = chain.step()? {
+            let info = read_entry(r, e)?;
+            if hash(info.name.as_bytes()) & (g.bucket_count - 1) != i || info.refcount == 0 {
                 return Err(Error::Corrupted(format!(
                     "entry {:?} is misfiled or unowned",
                     info.name
                 )));
             }
-            if info.offset + info.size > end {
-                return Err(Error::Corrupted(format!(
-                    "entry {:?} overruns the heap",
-                    info.name
-                )));
-            }
+            data_of(r, e, l::ALIGN)?;
             seen += 1;
-            requested += info.size;
+            requested = requested.wrapping_add(info.size);
             if seen > live {
                 return Err(Error::Corrupted(format!(
                     "more entries than the {live} counted"
                 )));
             }
-            e = r.load(e + l::E_NEXT);
         }
     }
-    if seen != live || requested != r.load(l::REQUESTED) {
+    if seen != live || requested != r.load(l::REQUESTED)? {
         return Err(Error::Corrupted(format!(
             "{seen} entries of {requested} bytes, counters say {live} and {}",
-            r.load(l::REQUESTED)
+            r.load(l::REQUESTED)?
         )));
     }
     Ok(seen)

@@ -6,8 +6,8 @@
 //! only when the previous block is free. Free blocks keep `next_free` and `prev_free` (offsets,
 //! 0 = none) in the first 16 bytes of their payload.
 
-use crate::arena::layout::{self as l, round_up, ALIGN, FL_SHIFT, SL_COUNT, SL_LOG2, SMALL_BLOCK};
-use crate::arena::region::{Region, Tx};
+use crate::arena::layout::{self as l, ALIGN, FL_SHIFT, SL_COUNT, SL_LOG2, SMALL_BLOCK};
+use crate::arena::region::{Mem, Region, Tx};
 use crate::error::{Error, Result};
 
 const HDR: u64 = 16;
@@ -16,21 +16,46 @@ const FREE: u64 = 1;
 const PREV_FREE: u64 = 2;
 const FLAGS: u64 = FREE | PREV_FREE;
 
-fn size_of_block(r: &Region, b: u64) -> u64 {
-    r.load(b + 8) & !FLAGS
+fn damaged(what: String) -> Error {
+    Error::Corrupted(what)
 }
-fn flags(r: &Region, b: u64) -> u64 {
-    r.load(b + 8) & FLAGS
+
+/// Checks that `b` can be the header of a block: inside the heap, before the sentinel, aligned.
+fn check_block<M: Mem + ?Sized>(r: &M, b: u64) -> Result<u64> {
+    let g = r.geometry();
+    if b < g.heap_offset || b >= g.sentinel() || b % ALIGN != 0 {
+        return Err(damaged(format!(
+            "a heap link points to offset {b}, which is not a block of the heap {}..{}",
+            g.heap_offset, g.heap_end
+        )));
+    }
+    Ok(b)
 }
-fn next_phys(r: &Region, b: u64) -> u64 {
-    b + HDR + size_of_block(r, b)
+
+fn size_of_block<M: Mem + ?Sized>(r: &M, b: u64) -> Result<u64> {
+    Ok(r.load(b + 8)? & !FLAGS)
+}
+fn flags<M: Mem + ?Sized>(r: &M, b: u64) -> Result<u64> {
+    Ok(r.load(b + 8)? & FLAGS)
+}
+/// The block after `b`, checked to lie in the heap (the sentinel included).
+fn next_phys<M: Mem + ?Sized>(r: &M, b: u64) -> Result<u64> {
+    let size = size_of_block(r, b)?;
+    b.checked_add(HDR)
+        .and_then(|x| x.checked_add(size))
+        .filter(|&n| n <= r.geometry().sentinel())
+        .ok_or_else(|| {
+            damaged(format!(
+                "block {b} of {size} bytes runs past the heap's end"
+            ))
+        })
 }
 
 fn set_size_flags(tx: &mut Tx, b: u64, size: u64, flags: u64) -> Result<()> {
     tx.set(b + 8, size | flags)
 }
 fn set_flag(tx: &mut Tx, b: u64, flag: u64, on: bool) -> Result<()> {
-    let v = tx.get(b + 8);
+    let v = tx.get(b + 8)?;
     tx.set(b + 8, if on { v | flag } else { v & !flag })
 }
 
@@ -55,6 +80,16 @@ fn mapping_search(size: u64) -> (usize, usize) {
     }
 }
 
+/// The class of a free block, checked to be one the bitmaps have.
+fn class_of<M: Mem + ?Sized>(r: &M, b: u64) -> Result<(usize, usize)> {
+    let size = size_of_block(r, b)?;
+    let (fl, sl) = mapping(size);
+    if fl >= l::FL_COUNT || size < MIN_PAYLOAD {
+        return Err(damaged(format!("block {b} has an impossible size {size}")));
+    }
+    Ok((fl, sl))
+}
+
 fn head_off(fl: usize, sl: usize) -> u64 {
     l::HEADS + ((fl * SL_COUNT + sl) as u64) * 8
 }
@@ -63,34 +98,37 @@ fn sl_off(fl: usize) -> u64 {
 }
 
 fn insert_free(tx: &mut Tx, b: u64) -> Result<()> {
-    let (fl, sl) = mapping(size_of_block(tx.region(), b));
-    let head = tx.get(head_off(fl, sl));
+    let (fl, sl) = class_of(tx.region(), b)?;
+    let head = tx.get(head_off(fl, sl))?;
     tx.set(b + HDR, head)?;
     tx.set(b + HDR + 8, 0)?;
     if head != 0 {
+        check_block(tx.region(), head)?;
         tx.set(head + HDR + 8, b)?;
     }
     tx.set(head_off(fl, sl), b)?;
-    tx.set(sl_off(fl), tx.get(sl_off(fl)) | (1 << sl))?;
-    tx.set(l::FL_BITMAP, tx.get(l::FL_BITMAP) | (1 << fl))
+    tx.set(sl_off(fl), tx.get(sl_off(fl))? | (1 << sl))?;
+    tx.set(l::FL_BITMAP, tx.get(l::FL_BITMAP)? | (1 << fl))
 }
 
 fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
-    let (fl, sl) = mapping(size_of_block(tx.region(), b));
-    let next = tx.get(b + HDR);
-    let prev = tx.get(b + HDR + 8);
+    let (fl, sl) = class_of(tx.region(), b)?;
+    let next = tx.get(b + HDR)?;
+    let prev = tx.get(b + HDR + 8)?;
     if next != 0 {
+        check_block(tx.region(), next)?;
         tx.set(next + HDR + 8, prev)?;
     }
     if prev != 0 {
+        check_block(tx.region(), prev)?;
         tx.set(prev + HDR, next)?;
     } else {
         tx.set(head_off(fl, sl), next)?;
         if next == 0 {
-            let slmap = tx.get(sl_off(fl)) & !(1 << sl);
+            let slmap = tx.get(sl_off(fl))? & !(1 << sl);
             tx.set(sl_off(fl), slmap)?;
             if slmap == 0 {
-                tx.set(l::FL_BITMAP, tx.get(l::FL_BITMAP) & !(1 << fl))?;
+                tx.set(l::FL_BITMAP, tx.get(l::FL_BITMAP)? & !(1 << fl))?;
             }
         }
     }
@@ -98,67 +136,113 @@ fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
 }
 
 /// A free block whose payload is at least `size`, or None.
-fn find_suitable(r: &Region, size: u64) -> Option<u64> {
+fn find_suitable(r: &Region, size: u64) -> Result<Option<u64>> {
     let (mut fl, sl) = mapping_search(size);
     if fl >= l::FL_COUNT {
-        return None;
+        return Ok(None);
     }
-    let mut slmap = r.load(sl_off(fl)) & (!0u64 << sl);
+    let mut slmap = r.load(sl_off(fl))? & (!0u64 << sl);
     if slmap == 0 {
-        let flmap = r.load(l::FL_BITMAP) & (!0u64).checked_shl(fl as u32 + 1).unwrap_or(0);
+        let flmap = r.load(l::FL_BITMAP)? & (!0u64).checked_shl(fl as u32 + 1).unwrap_or(0);
         if flmap == 0 {
-            return None;
+            return Ok(None);
         }
         fl = flmap.trailing_zeros() as usize;
-        slmap = r.load(sl_off(fl));
+        if fl >= l::FL_COUNT {
+            return Err(damaged(format!(
+                "the heap's class bitmap {flmap:#x} is impossible"
+            )));
+        }
+        slmap = r.load(sl_off(fl))?;
+    }
+    if slmap == 0 {
+        return Err(damaged(format!(
+            "class {fl} is marked populated but has no list"
+        )));
     }
     let sl = slmap.trailing_zeros() as usize;
-    Some(r.load(head_off(fl, sl)))
+    let b = r.load(head_off(fl, sl))?;
+    if b == 0 {
+        return Err(damaged(format!(
+            "free list ({fl},{sl}) is marked populated but empty"
+        )));
+    }
+    usable_free_block(r, b, size).map(Some)
+}
+
+/// Checks that a free block taken from a list is really a free block of at least `size`.
+fn usable_free_block(r: &Region, b: u64, size: u64) -> Result<u64> {
+    check_block(r, b)?;
+    next_phys(r, b)?;
+    if flags(r, b)? & FREE == 0 || size_of_block(r, b)? < size {
+        return Err(damaged(format!(
+            "free list holds block {b}, which is in use or smaller than its class"
+        )));
+    }
+    Ok(b)
 }
 
 /// The fallback when no class above `size`'s is populated: a block of `size`'s own class may
 /// still be large enough (the class spans a range of sizes). First fit along that one list.
-fn find_in_own_class(r: &Region, size: u64) -> Option<u64> {
+fn find_in_own_class(r: &Region, size: u64) -> Result<Option<u64>> {
     let (fl, sl) = mapping(size);
     if fl >= l::FL_COUNT {
-        return None;
+        return Ok(None);
     }
-    let mut b = r.load(head_off(fl, sl));
+    let mut b = r.load(head_off(fl, sl))?;
+    let mut steps = 0;
     while b != 0 {
-        if size_of_block(r, b) >= size {
-            return Some(b);
+        steps += 1;
+        if steps > r.geometry().max_blocks() {
+            return Err(damaged(format!(
+                "free list ({fl},{sl}) does not end (a cycle?)"
+            )));
         }
-        b = r.load(b + HDR);
+        check_block(r, b)?;
+        if size_of_block(r, b)? >= size {
+            return usable_free_block(r, b, size).map(Some);
+        }
+        b = r.load(b + HDR)?;
     }
-    None
+    Ok(None)
 }
 
 /// Lays out an empty heap in `[heap_offset, heap_end)`: one free block and the sentinel.
 /// Runs on fresh memory before anyone else can see the arena, so it writes without logging.
-pub(crate) fn init(r: &Region, heap_offset: u64, heap_end: u64) {
-    let first_size = heap_end - heap_offset - 2 * HDR;
-    let sentinel = heap_end - HDR;
-    r.store(heap_offset + 8, first_size | FREE);
-    r.store(sentinel, heap_offset);
-    r.store(sentinel + 8, PREV_FREE);
+pub(crate) fn init(r: &Region) -> Result<()> {
+    let g = *r.geometry();
+    let first_size = g.heap_end - g.heap_offset - 2 * HDR;
+    let sentinel = g.sentinel();
+    r.store(g.heap_offset + 8, first_size | FREE)?;
+    r.store(sentinel, g.heap_offset)?;
+    r.store(sentinel + 8, PREV_FREE)?;
     let (fl, sl) = mapping(first_size);
-    r.store(head_off(fl, sl), heap_offset);
-    r.store(sl_off(fl), 1 << sl);
-    r.store(l::FL_BITMAP, 1 << fl);
-    r.store(l::PRISTINE_FROM, heap_offset + HDR + MIN_PAYLOAD);
+    r.store(head_off(fl, sl), g.heap_offset)?;
+    r.store(sl_off(fl), 1 << sl)?;
+    r.store(l::FL_BITMAP, 1 << fl)?;
+    r.store(l::PRISTINE_FROM, g.heap_offset + HDR + MIN_PAYLOAD)
 }
 
 /// Bytes the heap can hand out in total (all blocks with their headers, minus the sentinel).
-pub(crate) fn capacity(r: &Region) -> u64 {
-    r.load(l::HEAP_END) - r.load(l::HEAP_OFFSET) - HDR
+pub(crate) fn capacity<M: Mem + ?Sized>(r: &M) -> u64 {
+    let g = r.geometry();
+    g.heap_end - g.heap_offset - HDR
 }
 
 /// Allocates a zeroed block with at least `size` payload bytes, 16-byte aligned. Returns the
 /// payload offset. Cost: O(1) plus zeroing the part of the block that was used before.
 pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     let r = *tx.region();
-    let want = round_up(size.max(MIN_PAYLOAD), ALIGN);
-    let Some(b) = find_suitable(&r, want).or_else(|| find_in_own_class(&r, want)) else {
+    let want = size
+        .max(MIN_PAYLOAD)
+        .checked_next_multiple_of(ALIGN)
+        .filter(|&w| w < l::MAX_ARENA_SIZE)
+        .ok_or_else(|| Error::InvalidArgument(format!("a block of {size} bytes cannot exist")))?;
+    let found = match find_suitable(&r, want)? {
+        Some(b) => Some(b),
+        None => find_in_own_class(&r, want)?,
+    };
+    let Some(b) = found else {
         return Err(out_of_space(&r, want + HDR));
     };
     remove_free(tx, b)?;
@@ -166,7 +250,7 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     // it held first, so that a rollback puts back a well-formed free block.
     tx.set(b + HDR, 0)?;
     tx.set(b + HDR + 8, 0)?;
-    let have = size_of_block(&r, b);
+    let have = size_of_block(&r, b)?;
     if have - want >= HDR + MIN_PAYLOAD {
         // Split: the tail becomes a free block of its own. Its neighbour after it is in use
         // (free neighbours are always merged), so only that neighbour's back link changes.
@@ -175,52 +259,59 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
         set_size_flags(tx, rest, rest_size, FREE)?;
         let after = rest + HDR + rest_size;
         tx.set(after, rest)?;
-        set_size_flags(tx, b, want, flags(&r, b))?;
+        set_size_flags(tx, b, want, flags(&r, b)?)?;
         insert_free(tx, rest)?;
     } else {
-        set_flag(tx, next_phys(&r, b), PREV_FREE, false)?;
+        set_flag(tx, next_phys(&r, b)?, PREV_FREE, false)?;
     }
     set_flag(tx, b, FREE, false)?;
-    let total = size_of_block(&r, b) + HDR;
-    tx.set(l::USED, tx.get(l::USED) + total)?;
-    r.fetch_max(l::HIGH_WATER, tx.get(l::USED));
+    let total = size_of_block(&r, b)? + HDR;
+    tx.set(l::USED, tx.get(l::USED)?.wrapping_add(total))?;
+    r.fetch_max(l::HIGH_WATER, tx.get(l::USED)?)?;
 
     let payload = b + HDR;
-    let end = payload + size_of_block(&r, b);
-    let pristine = r.load(l::PRISTINE_FROM);
+    let end = payload + size_of_block(&r, b)?;
+    let pristine = r.load(l::PRISTINE_FROM)?;
     if payload < pristine {
-        r.zero(payload, end.min(pristine) - payload);
+        r.zero(payload, end.min(pristine) - payload)?;
     }
     // Raised without logging and before anything is written: if this update is rolled back,
     // the mark stays conservatively high (more zeroing later, never stale bytes handed out).
     r.fetch_max(
         l::PRISTINE_FROM,
-        (end + HDR + MIN_PAYLOAD).min(r.load(l::HEAP_END)),
-    );
+        (end + HDR + MIN_PAYLOAD).min(r.geometry().heap_end),
+    )?;
     Ok(payload)
 }
 
 /// Frees the block whose payload is at `payload`, merging it with free neighbours.
 pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
     let r = *tx.region();
-    let mut b = payload - HDR;
-    if flags(&r, b) & FREE != 0 {
-        return Err(Error::Corrupted(format!("block at offset {b} freed twice")));
+    let mut b = check_block(&r, payload.wrapping_sub(HDR))?;
+    if flags(&r, b)? & FREE != 0 {
+        return Err(damaged(format!("block at offset {b} freed twice")));
     }
-    tx.set(l::USED, tx.get(l::USED) - (size_of_block(&r, b) + HDR))?;
-    let mut size = size_of_block(&r, b);
-    let mut fl = flags(&r, b) & PREV_FREE;
+    let mut size = size_of_block(&r, b)?;
+    next_phys(&r, b)?;
+    tx.set(l::USED, tx.get(l::USED)?.wrapping_sub(size + HDR))?;
+    let mut fl = flags(&r, b)? & PREV_FREE;
     if fl & PREV_FREE != 0 {
-        let prev = r.load(b);
+        let prev = check_block(&r, r.load(b)?)?;
+        if next_phys(&r, prev)? != b || flags(&r, prev)? & FREE == 0 {
+            return Err(damaged(format!(
+                "block {b}'s back link {prev} is not its free neighbour"
+            )));
+        }
         remove_free(tx, prev)?;
-        size += HDR + size_of_block(&r, prev);
-        fl = flags(&r, prev) & PREV_FREE;
+        size += HDR + size_of_block(&r, prev)?;
+        fl = flags(&r, prev)? & PREV_FREE;
         b = prev;
     }
     let next = b + HDR + size;
-    if flags(&r, next) & FREE != 0 {
+    if next < r.geometry().sentinel() && flags(&r, next)? & FREE != 0 {
+        next_phys(&r, next)?;
         remove_free(tx, next)?;
-        size += HDR + size_of_block(&r, next);
+        size += HDR + size_of_block(&r, next)?;
     }
     set_size_flags(tx, b, size, fl | FREE)?;
     let after = b + HDR + size;
@@ -230,59 +321,79 @@ pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
 }
 
 /// Total free bytes (payload plus header of every free block) and the largest free payload.
-pub(crate) fn free_space(r: &Region) -> (u64, u64) {
-    let free = capacity(r) - r.load(l::USED);
-    let flmap = r.load(l::FL_BITMAP);
+pub(crate) fn free_space<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
+    let free = capacity(r).saturating_sub(r.load(l::USED)?);
+    let flmap = r.load(l::FL_BITMAP)?;
     if flmap == 0 {
-        return (free, 0);
+        return Ok((free, 0));
     }
     let fl = 63 - flmap.leading_zeros() as usize;
-    let slmap = r.load(sl_off(fl));
+    if fl >= l::FL_COUNT {
+        return Err(damaged(format!(
+            "the heap's class bitmap {flmap:#x} is impossible"
+        )));
+    }
+    let slmap = r.load(sl_off(fl))?;
+    if slmap == 0 {
+        return Ok((free, 0));
+    }
     let sl = 63 - slmap.leading_zeros() as usize;
     let mut largest = 0;
-    let mut b = r.load(head_off(fl, sl));
+    let mut b = r.load(head_off(fl, sl))?;
+    let mut steps = 0;
     while b != 0 {
-        largest = largest.max(size_of_block(r, b));
-        b = r.load(b + HDR);
+        steps += 1;
+        if steps > r.geometry().max_blocks() {
+            return Err(damaged(format!(
+                "free list ({fl},{sl}) does not end (a cycle?)"
+            )));
+        }
+        check_block(r, b)?;
+        largest = largest.max(size_of_block(r, b)?);
+        b = r.load(b + HDR)?;
     }
-    (free, largest)
+    Ok((free, largest))
 }
 
 fn out_of_space(r: &Region, requested: u64) -> Error {
-    let (free, largest_free) = free_space(r);
-    Error::OutOfSpace {
-        requested,
-        largest_free,
-        free,
-        capacity: capacity(r),
+    match free_space(r) {
+        Ok((free, largest_free)) => Error::OutOfSpace {
+            requested,
+            largest_free,
+            free,
+            capacity: capacity(r),
+        },
+        Err(e) => e,
     }
 }
 
 /// Walks every block and free list and checks that they agree: blocks tile the heap exactly,
 /// no two free blocks touch, flags and back links match, every free block is on the list of
 /// its class, the bitmaps match the lists, and `used` matches the blocks in use.
-pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
-    let bad = |msg: String| Err(Error::Corrupted(msg));
-    let start = r.load(l::HEAP_OFFSET);
-    let end = r.load(l::HEAP_END);
-    let sentinel = end - HDR;
+pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<HeapReport> {
+    let bad = |msg: String| Err(damaged(msg));
+    let g = *r.geometry();
+    let sentinel = g.sentinel();
     let mut report = HeapReport::default();
-    let mut b = start;
+    let mut b = g.heap_offset;
     let mut prev_free: Option<u64> = None;
+    // Every block has a header and a payload of at least 16 bytes, so the walk ends by itself;
+    // next_phys refuses any step past the sentinel or overflowing.
     while b != sentinel {
-        if b > sentinel {
-            return bad(format!("block chain overruns the heap at offset {b}"));
+        let size = size_of_block(r, b)?;
+        let f = flags(r, b)?;
+        let next = next_phys(r, b)?;
+        if size < MIN_PAYLOAD {
+            return bad(format!("block {b} has an impossible size {size}"));
         }
-        let size = size_of_block(r, b);
-        let f = flags(r, b);
         if (f & PREV_FREE != 0) != prev_free.is_some() {
             return bad(format!(
                 "block {b}: PREV_FREE flag disagrees with its neighbour"
             ));
         }
         if let Some(p) = prev_free {
-            if r.load(b) != p {
-                return bad(format!("block {b}: back link {} should be {p}", r.load(b)));
+            if r.load(b)? != p {
+                return bad(format!("block {b}: back link {} should be {p}", r.load(b)?));
             }
         }
         if f & FREE != 0 {
@@ -298,40 +409,44 @@ pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
             report.used_bytes += size + HDR;
             prev_free = None;
         }
-        b += HDR + size;
+        b = next;
     }
-    if (flags(r, sentinel) & PREV_FREE != 0) != prev_free.is_some() {
+    if (flags(r, sentinel)? & PREV_FREE != 0) != prev_free.is_some() {
         return bad("sentinel PREV_FREE flag disagrees with the last block".into());
     }
-    if report.used_bytes != r.load(l::USED) {
+    if report.used_bytes != r.load(l::USED)? {
         return bad(format!(
             "blocks in use hold {} bytes but the counter says {}",
             report.used_bytes,
-            r.load(l::USED)
+            r.load(l::USED)?
         ));
     }
     let mut listed = 0;
-    let flmap = r.load(l::FL_BITMAP);
+    let flmap = r.load(l::FL_BITMAP)?;
+    if flmap >> l::FL_COUNT != 0 {
+        return bad(format!("the heap's class bitmap {flmap:#x} is impossible"));
+    }
     for fl in 0..l::FL_COUNT {
-        let slmap = r.load(sl_off(fl));
+        let slmap = r.load(sl_off(fl))?;
         if (flmap >> fl & 1 == 1) != (slmap != 0) {
             return bad(format!(
                 "first-level bitmap bit {fl} disagrees with its second level"
             ));
         }
         for sl in 0..SL_COUNT {
-            let mut b = r.load(head_off(fl, sl));
+            let mut b = r.load(head_off(fl, sl))?;
             if (slmap >> sl & 1 == 1) != (b != 0) {
                 return bad(format!("bitmap bit ({fl},{sl}) disagrees with its list"));
             }
             let mut prev = 0;
             while b != 0 {
-                if b < start || b >= sentinel || flags(r, b) & FREE == 0 {
+                if b < g.heap_offset || b >= sentinel || b % ALIGN != 0 || flags(r, b)? & FREE == 0
+                {
                     return bad(format!(
                         "free list ({fl},{sl}) holds block {b} that is not free"
                     ));
                 }
-                if mapping(size_of_block(r, b)) != (fl, sl) || r.load(b + HDR + 8) != prev {
+                if mapping(size_of_block(r, b)?) != (fl, sl) || r.load(b + HDR + 8)? != prev {
                     return bad(format!("free list ({fl},{sl}) is mislinked at block {b}"));
                 }
                 listed += 1;
@@ -339,7 +454,7 @@ pub(crate) fn verify(r: &Region) -> Result<HeapReport> {
                     return bad("free lists hold more blocks than the heap".into());
                 }
                 prev = b;
-                b = r.load(b + HDR);
+                b = r.load(b + HDR)?;
             }
         }
     }

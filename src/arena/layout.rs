@@ -160,32 +160,102 @@ pub const fn round_up(value: u64, align: u64) -> u64 {
     (value + align - 1) & !(align - 1)
 }
 
-/// Checks that the geometry words of a header (read with `word`, by offset) describe an arena
-/// of `size` bytes this code can walk without leaving it; `Err` says what is wrong.
-pub(crate) fn check_geometry(size: u64, word: impl Fn(u64) -> Option<u64>) -> Result<(), String> {
-    let read = |off: u64, what: &str| word(off).ok_or_else(|| format!("cannot read its {what}"));
-    let buckets = read(BUCKET_COUNT, "directory size")?;
-    let buckets_at = read(BUCKETS, "directory offset")?;
-    let heap = read(HEAP_OFFSET, "heap offset")?;
-    let heap_end = read(HEAP_END, "heap end")?;
-    let undo = read(UNDO_LEN, "undo log length")?;
-    let ok = buckets.is_power_of_two()
-        && buckets_at >= HEADER_SIZE
-        && buckets_at % 8 == 0
-        && buckets
-            .checked_mul(8)
-            .and_then(|b| b.checked_add(buckets_at))
-            .is_some_and(|end| end <= heap)
-        && heap % ALIGN == 0
-        && heap_end == size
-        && heap.checked_add(64).is_some_and(|h| h < heap_end)
-        && undo <= UNDO_CAPACITY;
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "its geometry is inconsistent (directory of {buckets} at {buckets_at}, heap \
-             {heap}..{heap_end} in {size} bytes, undo log {undo}): damaged or not an arena"
-        ))
+/// Where the directory and the heap start in an arena of `size` bytes (a multiple of the page
+/// size): `(bucket_count, buckets_offset, heap_offset)`. Written once, used by creation and by
+/// every size check.
+pub fn geometry(size: u64, expected_names: Option<u64>) -> (u64, u64, u64) {
+    let buckets = expected_names
+        .unwrap_or(size / (16 << 10))
+        .clamp(64, 1 << 22)
+        .next_power_of_two();
+    let buckets_offset = round_up(HEADER_SIZE, 64);
+    let heap_offset = round_up(buckets_offset + buckets * 8, 64);
+    (buckets, buckets_offset, heap_offset)
+}
+
+/// The smallest arena size that holds the header, a directory for `expected_names` and a
+/// first heap block, before rounding to the page size.
+pub fn minimum_size(expected_names: Option<u64>) -> u64 {
+    let (_, _, heap_offset) = geometry(0, expected_names);
+    heap_offset + 4096
+}
+
+/// Where the directory and the heap lie: read from the header and checked once (attach,
+/// inspection), then kept by the process, so that later damage to those words cannot move any
+/// walk or write outside the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub size: u64,
+    pub bucket_count: u64,
+    pub buckets_offset: u64,
+    pub heap_offset: u64,
+    pub heap_end: u64,
+}
+
+/// The heap metadata an update changes (`Meta`): everything from `used` to the undo log.
+const META_START: u64 = off!(meta);
+const META_END: u64 = off!(undo_len);
+
+impl Geometry {
+    /// Reads and checks the geometry words of a header (read with `word`, by offset) of an
+    /// arena of `size` bytes; `Err` says what is wrong.
+    pub(crate) fn read(size: u64, word: impl Fn(u64) -> Option<u64>) -> Result<Geometry, String> {
+        let read =
+            |off: u64, what: &str| word(off).ok_or_else(|| format!("cannot read its {what}"));
+        let buckets = read(BUCKET_COUNT, "directory size")?;
+        let buckets_at = read(BUCKETS, "directory offset")?;
+        let heap = read(HEAP_OFFSET, "heap offset")?;
+        let heap_end = read(HEAP_END, "heap end")?;
+        let undo = read(UNDO_LEN, "undo log length")?;
+        let ok = size <= MAX_ARENA_SIZE
+            && buckets.is_power_of_two()
+            && buckets_at >= HEADER_SIZE
+            && buckets_at % 8 == 0
+            && buckets
+                .checked_mul(8)
+                .and_then(|b| b.checked_add(buckets_at))
+                .is_some_and(|end| end <= heap)
+            && heap % ALIGN == 0
+            && heap_end == size
+            && heap.checked_add(64).is_some_and(|h| h < heap_end)
+            && heap_end % ALIGN == 0
+            && undo <= UNDO_CAPACITY;
+        if ok {
+            Ok(Geometry {
+                size,
+                bucket_count: buckets,
+                buckets_offset: buckets_at,
+                heap_offset: heap,
+                heap_end,
+            })
+        } else {
+            Err(format!(
+                "its geometry is inconsistent (directory of {buckets} at {buckets_at}, heap \
+                 {heap}..{heap_end} in {size} bytes, undo log {undo}): damaged or not an arena"
+            ))
+        }
+    }
+
+    /// Offset of the sentinel block header that ends the heap.
+    pub(crate) fn sentinel(&self) -> u64 {
+        self.heap_end - 16
+    }
+
+    /// The most blocks (or directory entries, or free-list links) the heap can hold: the bound
+    /// of every walk, so that a cycle in damaged metadata ends in an error, not a hang.
+    pub(crate) fn max_blocks(&self) -> u64 {
+        (self.heap_end - self.heap_offset) / 32 + 1
+    }
+
+    /// Whether an update may change the word at `off`.
+    pub(crate) fn writable(&self, off: u64) -> bool {
+        let within =
+            |start: u64, end: u64| off >= start && off.checked_add(8).is_some_and(|e| e <= end);
+        within(META_START, META_END)
+            || within(
+                self.buckets_offset,
+                self.buckets_offset + self.bucket_count * 8,
+            )
+            || within(self.heap_offset, self.heap_end)
     }
 }

@@ -17,9 +17,10 @@
 
 mod block;
 mod directory;
+mod header;
 mod heap;
 mod inspect;
-mod layout;
+pub(crate) mod layout;
 mod lock;
 mod options;
 mod region;
@@ -43,14 +44,15 @@ pub use inspect::{inspect, Inspected, Inspection};
 pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
 pub use options::{HugePages, Options, Unlink};
 pub use shm::{
-    backing_dir, backing_kind, backing_space, process_start_time, BackingKind, DEFAULT_SHM_DIR,
-    SHM_DIR_ENV,
+    backing_dir, backing_kind, backing_space, checked_regular, file_kind, open_for_reading,
+    process_start_time, BackingKind, DEFAULT_SHM_DIR, SHM_DIR_ENV,
 };
 
 use crate::error::{Error, Result};
+use header::HeaderState;
 use layout as l;
 use lock::Acquired;
-use region::{Region, Tx};
+use region::{Mem, Region, Tx};
 
 /// Usage figures of an arena, read under its lock. `#[repr(C)]`: it is also the C API's
 /// `nodeshm_stats_t`.
@@ -155,22 +157,8 @@ impl std::hash::Hasher for OffsetHasher {
 
 type HeldMap = HashMap<u64, (u64, u64), std::hash::BuildHasherDefault<OffsetHasher>>;
 
-fn read_str(r: &Region, off: u64) -> String {
-    let mut buf = [0u8; l::LABEL_LEN];
-    r.read_bytes(off, &mut buf);
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-fn write_str(r: &Region, off: u64, s: &str) {
-    let mut buf = [0u8; l::LABEL_LEN];
-    let mut n = s.len().min(l::LABEL_LEN - 1);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
-    r.write_bytes(off, &buf);
-}
+/// Entries returned by `entries()` at most: what the heap could hold anyway.
+const ALL: u64 = u64::MAX;
 
 impl Arena {
     /// Creates a new arena named `name` in the backing directory and returns the owner's
@@ -192,6 +180,7 @@ impl Arena {
         place: impl FnOnce(&[u8]) -> Result<()>,
     ) -> Result<Arena> {
         shm::validate_object_name(name)?;
+        shm::validate_mode(options.mode)?;
         let dir = shm::backing_dir(options.dir.as_deref());
         let page = match (shm::backing_kind(&dir), options.huge) {
             (shm::BackingKind::Hugetlbfs { page_size }, _) => page_size,
@@ -210,20 +199,28 @@ impl Arena {
             }
             _ => page_size(),
         };
-        let size = layout::round_up(options.size.max(1), page);
-        if size >= l::MAX_ARENA_SIZE {
-            return Err(Error::InvalidArgument(format!(
-                "arena size {size} bytes is above the {} bytes this layout supports",
-                l::MAX_ARENA_SIZE
-            )));
-        }
-        let buckets = options
-            .expected_names
-            .unwrap_or(size / (16 << 10))
-            .clamp(64, 1 << 22)
-            .next_power_of_two();
-        let buckets_offset = layout::round_up(l::HEADER_SIZE, 64);
-        let heap_offset = layout::round_up(buckets_offset + buckets * 8, 64);
+        let size = options
+            .size
+            .max(1)
+            .checked_next_multiple_of(page)
+            .filter(|&s| s < l::MAX_ARENA_SIZE)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "arena size {} bytes is above the {} this layout supports; give a size from \
+                     {} to that",
+                    options.size,
+                    crate::error::human_bytes(l::MAX_ARENA_SIZE - page),
+                    crate::error::human_bytes(layout::minimum_size(options.expected_names)),
+                ))
+            })?;
+        let (buckets, buckets_offset, heap_offset) = layout::geometry(size, options.expected_names);
+        let geo = layout::Geometry {
+            size,
+            bucket_count: buckets,
+            buckets_offset,
+            heap_offset,
+            heap_end: size,
+        };
         let minimum = heap_offset + 4096;
         if size < minimum {
             return Err(Error::InvalidArgument(format!(
@@ -233,7 +230,7 @@ impl Arena {
         }
         let path = dir.join(name);
         let file = shm::create(&path, options.mode, size)?;
-        let prepared = Self::map(file, path.clone(), true, options).and_then(|arena| {
+        let prepared = Self::map(file, path.clone(), true, options, geo).and_then(|arena| {
             // SAFETY: the file was just created with O_EXCL and has no header yet, so no other
             // process uses this memory; `place` gets it only to name the address range (hwloc
             // binds by address) and the slice does not outlive this call.
@@ -269,34 +266,34 @@ impl Arena {
             .store(l::LAYOUT_VERSION, std::sync::atomic::Ordering::Release);
         r.word32(l::HEADER_SIZE_OFF)
             .store(l::HEADER_SIZE as u32, std::sync::atomic::Ordering::Release);
-        r.store(l::SIZE, size);
+        r.store(l::SIZE, size)?;
         r.word32(l::CREATOR_PID)
             .store(pid, std::sync::atomic::Ordering::Release);
         r.word32(l::UNLINK_POLICY)
             .store(policy, std::sync::atomic::Ordering::Release);
         r.word32(l::EXPECTED_PEERS)
             .store(peers, std::sync::atomic::Ordering::Release);
-        r.store(l::CREATOR_START, shm::process_start_time(pid));
-        r.store(l::JOB_TOKEN, options.job_token);
+        r.store(l::CREATOR_START, shm::process_start_time(pid))?;
+        r.store(l::JOB_TOKEN, options.job_token)?;
         r.word32(l::ATTACH_COUNT)
             .store(1, std::sync::atomic::Ordering::Release);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        r.store(l::CREATED_SECS, now);
-        r.store(l::BUCKET_COUNT, buckets);
-        r.store(l::BUCKETS, buckets_offset);
-        r.store(l::HEAP_OFFSET, heap_offset);
-        r.store(l::HEAP_END, size);
-        write_str(&r, l::LABEL, &options.label);
+        r.store(l::CREATED_SECS, now)?;
+        r.store(l::BUCKET_COUNT, buckets)?;
+        r.store(l::BUCKETS, buckets_offset)?;
+        r.store(l::HEAP_OFFSET, heap_offset)?;
+        r.store(l::HEAP_END, size)?;
+        r.write_bytes(l::LABEL, &header::encode_str(&options.label))?;
         // SAFETY: both mutex slots are inside the fresh mapping, 16-byte aligned (checked at
         // compile time in layout.rs) and not yet visible to any other process.
         unsafe {
             lock::init(arena.mutex(l::LOCK))?;
             lock::init(arena.mutex(l::USER_LOCK))?;
         }
-        heap::init(&r, heap_offset, size);
-        r.write_bytes(l::MAGIC_OFF, &l::MAGIC);
+        heap::init(&r)?;
+        r.write_bytes(l::MAGIC_OFF, &l::MAGIC)?;
         r.word32(l::INIT_STATE)
             .store(l::INIT_READY, std::sync::atomic::Ordering::Release);
         arena.ready = true;
@@ -329,14 +326,18 @@ impl Arena {
         let mut pause = Duration::from_micros(200);
         let mut last_state = "does not exist";
         loop {
-            if let Some(file) = shm::open_existing(path, true)? {
+            let trust = shm::Trust {
+                uids: &options.trusted_uids,
+                gids: &options.trusted_gids,
+            };
+            if let Some(file) = shm::open_existing(path, true, &trust)? {
                 match Self::check_ready(&file, path)? {
-                    None => {
-                        let arena = Self::map(file, path.to_path_buf(), false, options)?;
+                    Ok(geo) => {
+                        let arena = Self::map(file, path.to_path_buf(), false, options, geo)?;
                         arena.count_attach()?;
                         return Ok(arena);
                     }
-                    Some(state) => last_state = state,
+                    Err(state) => last_state = state,
                 }
             }
             if start.elapsed() >= timeout {
@@ -373,68 +374,41 @@ impl Arena {
         }
     }
 
-    /// `None` when the file is a ready arena of our layout; `Some(state)` while it may still be
-    /// being created; an error when it can never become one.
-    fn check_ready(file: &File, path: &Path) -> Result<Option<&'static str>> {
+    /// `Ok(geometry)` when the file is a ready arena of our layout; `Err(state)` while it may
+    /// still be being created; an error when it can never become one.
+    fn check_ready(
+        file: &File,
+        path: &Path,
+    ) -> Result<std::result::Result<layout::Geometry, &'static str>> {
         let len = file
             .metadata()
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
             .len();
-        if len < l::HEADER_SIZE {
-            return Ok(Some("is still being created"));
-        }
-        let mut head = [0u8; 32];
-        std::io::Read::read_exact(&mut &*file, &mut head)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let magic = &head[..8];
-        if magic != l::MAGIC {
-            if magic.iter().all(|&b| b == 0) {
-                return Ok(Some("never finished initialising"));
-            }
-            return Err(Error::NotAnArena {
-                path: path.to_path_buf(),
-                reason: format!("it starts with {magic:02x?}, not the nodeshm magic"),
-            });
-        }
-        let version = u32::from_ne_bytes(head[8..12].try_into().expect("4 bytes"));
-        if version != l::LAYOUT_VERSION {
-            return Err(Error::Incompatible {
+        match header::check(file, len) {
+            HeaderState::Ready(geo) => Ok(Ok(geo)),
+            HeaderState::NotReady(state) => Ok(Err(state)),
+            HeaderState::OtherVersion(version) => Err(Error::Incompatible {
                 path: path.to_path_buf(),
                 reason: format!(
                     "it has layout version {version}, this nodeshm reads version {}; use the \
                      nodeshm version that created it",
                     l::LAYOUT_VERSION
                 ),
-            });
-        }
-        let size = u64::from_ne_bytes(head[16..24].try_into().expect("8 bytes"));
-        if size != len {
-            return Err(Error::NotAnArena {
+            }),
+            HeaderState::Bad(reason) => Err(Error::NotAnArena {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "truncated or damaged: the header says {size} bytes, the file has {len} bytes"
-                ),
-            });
+                reason,
+            }),
         }
-        let mut state = [0u8; 4];
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut state, l::INIT_STATE)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if u32::from_ne_bytes(state) != l::INIT_READY {
-            return Ok(Some("never finished initialising"));
-        }
-        let word = |off: u64| {
-            let mut b = [0u8; 8];
-            std::os::unix::fs::FileExt::read_exact_at(file, &mut b, off).ok()?;
-            Some(u64::from_ne_bytes(b))
-        };
-        layout::check_geometry(size, word).map_err(|reason| Error::NotAnArena {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        Ok(None)
     }
 
-    fn map(file: File, path: PathBuf, creator: bool, options: &Options) -> Result<Arena> {
+    fn map(
+        file: File,
+        path: PathBuf,
+        creator: bool,
+        options: &Options,
+        geo: layout::Geometry,
+    ) -> Result<Arena> {
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -460,9 +434,19 @@ impl Arena {
             let _ = map.advise(memmap2::Advice::HugePage);
         }
         let base = std::ptr::NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
-        // SAFETY: the mapping is page-aligned, readable and writable, `map.len()` bytes long, and
-        // lives in `_map` for as long as the Arena (and so every Region copy it hands out).
-        let region = unsafe { Region::new(base, map.len() as u64) };
+        // SAFETY: the mapping is page-aligned, readable and writable, `map.len()` bytes long (at
+        // least a header: the geometry check saw one), and lives in `_map` for as long as the Arena (and so every Region copy it hands out).
+        if map.len() as u64 != geo.size {
+            return Err(Error::NotAnArena {
+                path,
+                reason: format!(
+                    "it changed size while being attached ({} bytes, the header says {})",
+                    map.len(),
+                    geo.size
+                ),
+            });
+        }
+        let region = unsafe { Region::new(base, map.len() as u64, geo) };
         Ok(Arena {
             _map: map,
             _file: file,
@@ -490,7 +474,9 @@ impl Arena {
     }
 
     fn mutex(&self, off: u64) -> *mut libc::pthread_mutex_t {
-        self.region.ptr(off, l::MUTEX_SLOT as u64).as_ptr().cast()
+        assert!(off + l::MUTEX_SLOT as u64 <= l::HEADER_SIZE);
+        // SAFETY: a header field: inside every mapping (see Region::new).
+        unsafe { self.region.base().as_ptr().add(off as usize).cast() }
     }
 
     /// Runs `update` under the arena lock as one transaction: either all of it happens or none.
@@ -512,8 +498,10 @@ impl Arena {
             unsafe { lock::unlock(m) }
         });
         if how == Acquired::OwnerDied {
-            r.roll_back();
-            r.store(l::RECOVERIES, r.load(l::RECOVERIES) + 1);
+            // A log that fails its checks is damage: the mutex stays inconsistent, so every
+            // later locker gets the same `Corrupted` error instead of working on bad metadata.
+            r.roll_back()?;
+            r.store(l::RECOVERIES, r.header(l::RECOVERIES).wrapping_add(1))?;
             // SAFETY: we hold the mutex after EOWNERDEAD and just undid the dead owner's update.
             unsafe { lock::make_consistent(m) };
         }
@@ -555,8 +543,8 @@ impl Arena {
         let mut held = self.held.lock();
         let (entry, created) = self.locked(|tx| {
             let r = *tx.region();
-            if let Some(e) = directory::lookup(&r, key, h) {
-                let existing = r.load(e + l::E_SIZE);
+            if let Some(e) = directory::lookup(&r, key, h)? {
+                let existing = r.load(e + l::E_SIZE)?;
                 if existing != bytes {
                     return Err(Error::SizeMismatch {
                         name: name.into(),
@@ -564,22 +552,24 @@ impl Arena {
                         requested: bytes,
                     });
                 }
-                let data = r.load(e + l::E_DATA);
+                let data = r.load(e + l::E_DATA)?;
                 if data % align != 0 {
                     return Err(Error::InvalidArgument(format!(
                         "block {name:?} exists at offset {data}, which is not {align}-byte aligned; \
                          every process must ask for it with the same alignment"
                     )));
                 }
-                tx.set(e + l::E_REFCOUNT, r.load(e + l::E_REFCOUNT) + 1)?;
+                directory::data_of(&r, e, align)?;
+                take_reference(tx, e)?;
                 Ok((e, false))
             } else {
                 Ok((directory::insert(tx, key, h, bytes, align)?, true))
             }
         })?;
-        let data = self.region.load(entry + l::E_DATA);
+        let (data, size) = directory::data_of(&self.region, entry, align)?;
+        let block = self.block(data, size, created)?;
         held.entry(data).or_insert((entry, 0)).1 += 1;
-        Ok(self.block(data, bytes, created))
+        Ok(block)
     }
 
     /// The block `name` if it exists, taking one reference (release it with
@@ -591,19 +581,21 @@ impl Arena {
         let mut held = self.held.lock();
         let found = self.locked(|tx| {
             let r = *tx.region();
-            match directory::lookup(&r, key, h) {
+            match directory::lookup(&r, key, h)? {
                 Some(e) => {
-                    tx.set(e + l::E_REFCOUNT, r.load(e + l::E_REFCOUNT) + 1)?;
-                    Ok(Some(e))
+                    let data = directory::data_of(&r, e, l::ALIGN)?;
+                    take_reference(tx, e)?;
+                    Ok(Some((e, data)))
                 }
                 None => Ok(None),
             }
         })?;
-        Ok(found.map(|entry| {
-            let data = self.region.load(entry + l::E_DATA);
-            held.entry(data).or_insert((entry, 0)).1 += 1;
-            self.block(data, self.region.load(entry + l::E_SIZE), false)
-        }))
+        let Some((entry, (data, size))) = found else {
+            return Ok(None);
+        };
+        let block = self.block(data, size, false)?;
+        held.entry(data).or_insert((entry, 0)).1 += 1;
+        Ok(Some(block))
     }
 
     /// Information about block `name` without taking a reference (for inspection only).
@@ -613,12 +605,20 @@ impl Arena {
         let h = directory::hash(key);
         self.locked(|tx| {
             let r = *tx.region();
-            Ok(directory::lookup(&r, key, h).map(|e| directory::read_entry(&r, e)))
+            match directory::lookup(&r, key, h)? {
+                Some(e) => Ok(Some(directory::read_entry(&r, e)?)),
+                None => Ok(None),
+            }
         })
     }
 
-    fn block(&self, data: u64, bytes: u64, created: bool) -> Block<'_> {
-        Block::new(self.region.ptr(data, bytes), bytes, data, created)
+    fn block(&self, data: u64, bytes: u64, created: bool) -> Result<Block<'_>> {
+        Ok(Block::new(
+            self.region.ptr(data, bytes)?,
+            bytes,
+            data,
+            created,
+        ))
     }
 
     /// Drops one of this process's references to `block`; the last reference anywhere frees the
@@ -660,12 +660,12 @@ impl Arena {
         };
         self.locked(|tx| {
             let r = *tx.region();
-            if r.load(entry + l::E_DATA) != data {
+            if r.load(entry + l::E_DATA)? != data {
                 return Err(Error::Corrupted(format!(
                     "the entry of the block at offset {data} changed while this process held it"
                 )));
             }
-            let refs = r.load(entry + l::E_REFCOUNT);
+            let refs = r.load(entry + l::E_REFCOUNT)?;
             if refs <= 1 {
                 directory::remove(tx, entry)
             } else {
@@ -705,7 +705,7 @@ impl Arena {
 
     /// Usage figures. Takes the lock briefly.
     pub fn stats(&self) -> Result<Stats> {
-        self.locked(|tx| Ok(stats_of(tx.region())))
+        self.locked(|tx| header::stats(tx.region()))
     }
 
     /// Bytes in use (Umpire's `getActualSize`): blocks with their metadata.
@@ -715,7 +715,7 @@ impl Arena {
 
     /// Every named block with its offset, size and total refcount.
     pub fn entries(&self) -> Result<Vec<EntryInfo>> {
-        self.locked(|tx| Ok(directory::entries(tx.region())))
+        self.locked(|tx| Ok(directory::entries(tx.region(), ALL)?.0))
     }
 
     /// Checks the heap and directory for consistency (under the lock); returns the heap counts.
@@ -729,7 +729,7 @@ impl Arena {
 
     /// What the header says.
     pub fn info(&self) -> ArenaInfo {
-        info_of(&self.region)
+        header::info(&self.region)
     }
 
     /// The arena's path in its backing directory (the name may be unlinked already).
@@ -823,7 +823,9 @@ impl Arena {
 
     /// Records the memory placement that was applied (shown by `nodeshm stat`).
     pub fn set_placement(&self, text: &str) {
-        write_str(&self.region, l::PLACEMENT, text);
+        let _ = self
+            .region
+            .write_bytes(l::PLACEMENT, &header::encode_str(text));
     }
 
     /// Takes the arena's user lock (a second robust mutex, separate from the metadata lock),
@@ -943,39 +945,13 @@ impl Drop for Arena {
     }
 }
 
-pub(crate) fn stats_of(r: &Region) -> Stats {
-    let (free, largest_free) = heap::free_space(r);
-    Stats {
-        capacity: heap::capacity(r),
-        used: r.load(l::USED),
-        free,
-        largest_free,
-        live_blocks: r.load(l::LIVE_BLOCKS),
-        requested: r.load(l::REQUESTED),
-        high_water: r.load(l::HIGH_WATER),
-        recoveries: r.load(l::RECOVERIES),
-    }
-}
-
-pub(crate) fn info_of(r: &Region) -> ArenaInfo {
-    use std::sync::atomic::Ordering::Acquire;
-    ArenaInfo {
-        layout_version: r.word32(l::VERSION_OFF).load(Acquire),
-        size: r.load(l::SIZE),
-        creator_pid: r.word32(l::CREATOR_PID).load(Acquire),
-        creator_start_time: r.load(l::CREATOR_START),
-        job_token: r.load(l::JOB_TOKEN),
-        created_unix_secs: r.load(l::CREATED_SECS),
-        unlink: Unlink::decode(
-            r.word32(l::UNLINK_POLICY).load(Acquire),
-            r.word32(l::EXPECTED_PEERS).load(Acquire),
-        ),
-        attach_count: r.word32(l::ATTACH_COUNT).load(Acquire),
-        unlinked: r.word32(l::UNLINKED).load(Acquire) != 0,
-        label: read_str(r, l::LABEL),
-        placement: read_str(r, l::PLACEMENT),
-        bucket_count: r.load(l::BUCKET_COUNT),
-    }
+/// Takes one more reference to entry `e` (the caller holds the lock).
+fn take_reference(tx: &mut Tx, e: u64) -> Result<()> {
+    let refs = tx.get(e + l::E_REFCOUNT)?;
+    let more = refs.checked_add(1).filter(|_| refs > 0).ok_or_else(|| {
+        Error::Corrupted(format!("entry at {e} has an impossible refcount {refs}"))
+    })?;
+    tx.set(e + l::E_REFCOUNT, more)
 }
 
 /// Runs a closure on drop (unlocking on every exit path, including `?`).

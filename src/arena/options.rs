@@ -74,6 +74,8 @@ pub struct Options {
     pub(crate) expected_names: Option<u64>,
     pub(crate) huge: HugePages,
     pub(crate) reserve_at_create: bool,
+    pub(crate) trusted_uids: Vec<u32>,
+    pub(crate) trusted_gids: Vec<u32>,
 }
 
 impl Options {
@@ -92,6 +94,8 @@ impl Options {
             expected_names: None,
             huge: HugePages::Never,
             reserve_at_create: true,
+            trusted_uids: Vec::new(),
+            trusted_gids: Vec::new(),
         }
     }
 
@@ -101,9 +105,28 @@ impl Options {
         self
     }
 
-    /// File mode of the shm object (default 0o600: only this user).
+    /// File mode of the shm object (default 0o600: only this user). Permission bits only, and
+    /// the owner must keep read and write; anything else fails at creation with
+    /// `InvalidArgument`. A group-writable mode lets every member of the group attach (with
+    /// [`Options::trust_group`] on their side) and so trusts them all: any writer can corrupt
+    /// the arena's process-shared mutex.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Also attach to arenas owned by `uid` (by default only the caller's own effective uid is
+    /// trusted: attaching an arena another user owns fails with `Untrusted`). Trusting a user
+    /// means trusting every byte they can write into the arena.
+    pub fn trust_uid(mut self, uid: u32) -> Self {
+        self.trusted_uids.push(uid);
+        self
+    }
+
+    /// Also attach to arenas whose file belongs to group `gid`, whoever owns them: every member
+    /// of the group is trusted (see [`Options::mode`]).
+    pub fn trust_group(mut self, gid: u32) -> Self {
+        self.trusted_gids.push(gid);
         self
     }
 

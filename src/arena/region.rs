@@ -1,5 +1,11 @@
-//! Word access to a mapped arena by offset, and the undo log that makes every metadata update
-//! either complete or undone, even when the process making it is killed halfway.
+//! Word access to an arena by offset, and the undo log that makes every metadata update either
+//! complete or undone, even when the process making it is killed halfway.
+//!
+//! Nothing read from an arena is trusted: another process (or damage) may have written anything
+//! there. So every access is bounds-checked and fails with `Corrupted` instead of panicking, the
+//! geometry (where the directory and the heap lie) is read and checked once and then kept, and
+//! every update may only write words inside the ranges an update can change (the heap metadata,
+//! the directory and the heap: never the locks, the geometry or the log itself).
 //!
 //! All metadata words are read and written with atomic operations: other processes map the same
 //! memory, so plain references into it would be data races in Rust's model. Writes under the
@@ -9,15 +15,47 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::arena::layout::{self, UNDO_CAPACITY};
+use crate::arena::layout::{self as l, Geometry, UNDO_CAPACITY};
 use crate::error::{Error, Result};
 
-/// A mapped arena: base address and length. Cheap to copy; valid while the mapping lives (the
-/// owning [`crate::Arena`] guarantees that).
+/// Read access to an arena's bytes, by offset: the live mapping ([`Region`]) or a file read
+/// with `pread` (inspection by tools). Every walker of the layout reads through this, so the
+/// library and the command line share one bounded, checked implementation.
+pub(crate) trait Mem {
+    /// Size of the arena in bytes.
+    fn len(&self) -> u64;
+    /// The checked geometry.
+    fn geometry(&self) -> &Geometry;
+    /// Copies `out.len()` bytes at `off`; `Corrupted` when the range leaves the arena.
+    fn read_bytes(&self, off: u64, out: &mut [u8]) -> Result<()>;
+    /// The 8-byte word at `off` (a multiple of 8).
+    fn load(&self, off: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_bytes(off, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+    /// The 4-byte word at `off`.
+    fn load32(&self, off: u64) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_bytes(off, &mut b)?;
+        Ok(u32::from_ne_bytes(b))
+    }
+}
+
+/// The error for an access outside the arena.
+pub(crate) fn outside(off: u64, n: u64, len: u64) -> Error {
+    Error::Corrupted(format!(
+        "offset {off} (+{n} bytes) lies outside the {len}-byte arena"
+    ))
+}
+
+/// A mapped arena: base address, length and checked geometry. Cheap to copy; valid while the
+/// mapping lives (the owning [`crate::Arena`] guarantees that).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Region {
     base: NonNull<u8>,
     len: u64,
+    geo: Geometry,
 }
 
 // SAFETY: a Region is an address range of a shared mapping; every access through it is atomic
@@ -30,13 +68,10 @@ unsafe impl Sync for Region {}
 impl Region {
     /// # Safety
     /// `base..base+len` must be a live, readable and writable mapping for as long as this Region
-    /// (or any copy) is used, aligned to 8 bytes.
-    pub(crate) unsafe fn new(base: NonNull<u8>, len: u64) -> Self {
-        Region { base, len }
-    }
-
-    pub(crate) fn len(&self) -> u64 {
-        self.len
+    /// (or any copy) is used, aligned to 8 bytes, and at least `HEADER_SIZE` bytes long.
+    pub(crate) unsafe fn new(base: NonNull<u8>, len: u64, geo: Geometry) -> Self {
+        debug_assert!(len >= l::HEADER_SIZE);
+        Region { base, len, geo }
     }
 
     pub(crate) fn base(&self) -> NonNull<u8> {
@@ -44,90 +79,146 @@ impl Region {
     }
 
     /// Address of `off`, checked to lie inside the mapping with room for `size` bytes.
-    fn at(&self, off: u64, size: u64) -> *mut u8 {
-        assert!(
-            off.checked_add(size).is_some_and(|end| end <= self.len),
-            "nodeshm internal error: offset {off}+{size} outside the {}-byte arena",
-            self.len
-        );
+    fn at(&self, off: u64, size: u64) -> Result<*mut u8> {
+        if off.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(outside(off, size, self.len));
+        }
         // SAFETY: off + size <= len was just checked, so the result stays inside the mapping.
-        unsafe { self.base.as_ptr().add(off as usize) }
+        Ok(unsafe { self.base.as_ptr().add(off as usize) })
     }
 
-    fn word(&self, off: u64) -> &AtomicU64 {
-        debug_assert_eq!(off % 8, 0);
-        // SAFETY: `at` checks bounds; the mapping is 8-aligned and every metadata offset is a
-        // multiple of 8; AtomicU64 has the layout of u64 and atomic access to shared memory is
-        // sound. The reference lives no longer than &self, within the mapping's life.
-        unsafe { &*(self.at(off, 8) as *const AtomicU64) }
+    fn word(&self, off: u64) -> Result<&AtomicU64> {
+        if off % 8 != 0 {
+            return Err(Error::Corrupted(format!(
+                "offset {off} is not word-aligned"
+            )));
+        }
+        let p = self.at(off, 8)?;
+        // SAFETY: `at` checked bounds; the mapping is 8-aligned and `off` is a multiple of 8;
+        // AtomicU64 has the layout of u64 and atomic access to shared memory is sound. The
+        // reference lives no longer than &self, within the mapping's life.
+        Ok(unsafe { &*(p as *const AtomicU64) })
     }
 
+    /// A 4-byte header field (`off` is one of layout.rs's constants, inside the header that
+    /// every Region has).
     pub(crate) fn word32(&self, off: u64) -> &AtomicU32 {
-        debug_assert_eq!(off % 4, 0);
-        // SAFETY: as for `word`, with 4-byte alignment.
-        unsafe { &*(self.at(off, 4) as *const AtomicU32) }
+        assert!(
+            off % 4 == 0 && off + 4 <= l::HEADER_SIZE,
+            "header field offset {off}"
+        );
+        // SAFETY: `off + 4 <= HEADER_SIZE <= len` (asserted above and required by `new`), the
+        // mapping is 8-aligned and `off` a multiple of 4; atomic access to shared memory.
+        unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU32) }
     }
 
-    /// A bounds-checked load for walking metadata that may be changing or damaged (inspection
-    /// without the lock): `None` instead of a panic for an offset outside the arena.
-    pub(crate) fn get(&self, off: u64) -> Option<u64> {
-        (off % 8 == 0 && off.checked_add(8).is_some_and(|e| e <= self.len)).then(|| self.load(off))
-    }
-
-    pub(crate) fn load(&self, off: u64) -> u64 {
-        self.word(off).load(Ordering::Acquire)
+    /// A header word (`off` is one of layout.rs's constants): cannot fail.
+    pub(crate) fn header(&self, off: u64) -> u64 {
+        assert!(
+            off % 8 == 0 && off + 8 <= l::HEADER_SIZE,
+            "header field offset {off}"
+        );
+        self.word(off).map_or(0, |w| w.load(Ordering::Acquire))
     }
 
     /// A store that is not logged: for fields written before anyone else can see them (fresh
     /// blocks, header initialisation) or whose change never needs undoing (high-water marks).
-    pub(crate) fn store(&self, off: u64, value: u64) {
-        self.word(off).store(value, Ordering::Release)
+    pub(crate) fn store(&self, off: u64, value: u64) -> Result<()> {
+        self.word(off)?.store(value, Ordering::Release);
+        Ok(())
     }
 
-    pub(crate) fn fetch_max(&self, off: u64, value: u64) {
-        self.word(off).fetch_max(value, Ordering::AcqRel);
-    }
-
-    /// Copies bytes out of the arena.
-    pub(crate) fn read_bytes(&self, off: u64, out: &mut [u8]) {
-        let src = self.at(off, out.len() as u64);
-        // SAFETY: `at` checked the range; the destination is a distinct Rust buffer.
-        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) }
+    pub(crate) fn fetch_max(&self, off: u64, value: u64) -> Result<()> {
+        self.word(off)?.fetch_max(value, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Copies bytes into the arena (only into memory no other process can reach yet).
-    pub(crate) fn write_bytes(&self, off: u64, bytes: &[u8]) {
-        let dst = self.at(off, bytes.len() as u64);
+    pub(crate) fn write_bytes(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        let dst = self.at(off, bytes.len() as u64)?;
         // SAFETY: `at` checked the range; the caller writes only fresh, unpublished memory.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        Ok(())
     }
 
     /// Zeroes `len` bytes at `off` (fresh, unpublished memory only).
-    pub(crate) fn zero(&self, off: u64, len: u64) {
-        let dst = self.at(off, len);
+    pub(crate) fn zero(&self, off: u64, len: u64) -> Result<()> {
+        let dst = self.at(off, len)?;
         // SAFETY: `at` checked the range; the caller zeroes only memory it just took from the heap.
-        unsafe { std::ptr::write_bytes(dst, 0, len as usize) }
+        unsafe { std::ptr::write_bytes(dst, 0, len as usize) };
+        Ok(())
     }
 
     /// Raw pointer to `off` for handing user blocks out.
-    pub(crate) fn ptr(&self, off: u64, len: u64) -> NonNull<u8> {
-        NonNull::new(self.at(off, len)).expect("mapping base is non-null")
+    pub(crate) fn ptr(&self, off: u64, len: u64) -> Result<NonNull<u8>> {
+        Ok(NonNull::new(self.at(off, len)?).expect("mapping base is non-null"))
+    }
+
+    /// Whether an update may change the word at `off`: heap metadata, directory or heap.
+    pub(crate) fn writable(&self, off: u64) -> bool {
+        off % 8 == 0 && self.geo.writable(off)
     }
 
     /// Undoes an interrupted transaction left by a process that died holding the lock. Must be
     /// called with the arena lock held. Idempotent: a recoverer that dies too is simply redone.
-    pub(crate) fn roll_back(&self) -> u64 {
-        let len = self.load(layout::UNDO_LEN).min(UNDO_CAPACITY);
-        for i in (0..len).rev() {
-            let entry = layout::UNDO_ENTRIES + i * 16;
-            let off = self.load(entry);
-            let old = self.load(entry + 8);
-            if off + 8 <= self.len && off % 8 == 0 {
-                self.store(off, old);
-            }
+    /// Every entry is checked before any is applied: a log that would write outside what an
+    /// update can change (the locks, the geometry) is damage, reported as `Corrupted`.
+    pub(crate) fn roll_back(&self) -> Result<u64> {
+        let len = self.header(l::UNDO_LEN);
+        if len > UNDO_CAPACITY {
+            return Err(Error::Corrupted(format!(
+                "the undo log claims {len} entries; it holds at most {UNDO_CAPACITY}"
+            )));
         }
-        self.store(layout::UNDO_LEN, 0);
-        len
+        let mut entries = Vec::with_capacity(len as usize);
+        for i in 0..len {
+            let entry = l::UNDO_ENTRIES + i * 16;
+            let (off, old) = (self.header(entry), self.header(entry + 8));
+            if !self.writable(off) {
+                return Err(Error::Corrupted(format!(
+                    "undo log entry {i} would restore offset {off}, which no update changes"
+                )));
+            }
+            entries.push((off, old));
+        }
+        for &(off, old) in entries.iter().rev() {
+            self.store(off, old)?;
+        }
+        self.store(l::UNDO_LEN, 0)?;
+        Ok(len)
+    }
+}
+
+impl Mem for Region {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    fn read_bytes(&self, off: u64, out: &mut [u8]) -> Result<()> {
+        let src = self.at(off, out.len() as u64)?;
+        // SAFETY: `at` checked the range; the destination is a distinct Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    fn load(&self, off: u64) -> Result<u64> {
+        Ok(self.word(off)?.load(Ordering::Acquire))
+    }
+
+    fn load32(&self, off: u64) -> Result<u32> {
+        if off % 4 != 0 {
+            return Err(Error::Corrupted(format!(
+                "offset {off} is not word-aligned"
+            )));
+        }
+        let p = self.at(off, 4)?;
+        // SAFETY: bounds checked by `at`, 4-aligned (the mapping is 8-aligned); atomic access
+        // to shared memory; the reference does not outlive this call.
+        Ok(unsafe { &*(p as *const AtomicU32) }.load(Ordering::Acquire))
     }
 }
 
@@ -144,7 +235,6 @@ pub(crate) struct Tx<'r> {
 impl<'r> Tx<'r> {
     /// Starts an update. The caller holds the arena lock (so the log is empty).
     pub(crate) fn begin(region: &'r Region) -> Self {
-        debug_assert_eq!(region.load(layout::UNDO_LEN), 0);
         Tx {
             region,
             len: 0,
@@ -157,15 +247,22 @@ impl<'r> Tx<'r> {
         self.region
     }
 
-    pub(crate) fn get(&self, off: u64) -> u64 {
+    pub(crate) fn get(&self, off: u64) -> Result<u64> {
         self.region.load(off)
     }
 
-    /// Logs the old value of the word at `off`, then writes `value`.
+    /// Logs the old value of the word at `off`, then writes `value`. Refuses words no update
+    /// may change (damaged metadata pointing at the locks or the header).
     pub(crate) fn set(&mut self, off: u64, value: u64) -> Result<()> {
+        if !self.region.writable(off) {
+            return Err(Error::Corrupted(format!(
+                "an update would write offset {off}, outside the heap metadata, directory and \
+                 heap"
+            )));
+        }
         // Logged even when unchanged: the caller may overwrite the word later without logging
         // (fresh block payloads), and a rollback must still put this value back.
-        let old = self.region.load(off);
+        let old = self.region.load(off)?;
         #[cfg(test)]
         if self.limit.is_some_and(|l| self.len >= l) {
             return Err(Error::Corrupted("test: simulated crash".into()));
@@ -175,20 +272,19 @@ impl<'r> Tx<'r> {
                 "internal: one update changed more than {UNDO_CAPACITY} metadata words"
             )));
         }
-        let entry = layout::UNDO_ENTRIES + self.len * 16;
-        self.region.store(entry, off);
-        self.region.store(entry + 8, old);
+        let entry = l::UNDO_ENTRIES + self.len * 16;
+        self.region.store(entry, off)?;
+        self.region.store(entry + 8, old)?;
         self.len += 1;
         // Release stores keep program order: entry, then length, then the word itself, so a
         // process killed between any two of them leaves a log that undoes exactly what happened.
-        self.region.store(layout::UNDO_LEN, self.len);
-        self.region.store(off, value);
-        Ok(())
+        self.region.store(l::UNDO_LEN, self.len)?;
+        self.region.store(off, value)
     }
 
     /// Makes the update permanent.
     pub(crate) fn commit(mut self) {
-        self.region.store(layout::UNDO_LEN, 0);
+        let _ = self.region.store(l::UNDO_LEN, 0);
         self.len = 0;
     }
 }
@@ -196,7 +292,9 @@ impl<'r> Tx<'r> {
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if self.len > 0 {
-            self.region.roll_back();
+            // Our own log, written just now: only damage made meanwhile can make it fail, and
+            // then the next locker reports it.
+            let _ = self.region.roll_back();
         }
     }
 }

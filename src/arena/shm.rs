@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::libc;
 use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
@@ -168,25 +169,118 @@ pub(crate) fn reserve(file: &File, path: &Path, offset: u64, len: u64, total: u6
     }
 }
 
-/// Opens an existing shm object read-write; `Ok(None)` when it does not exist (yet).
-pub(crate) fn open_existing(path: &Path, writable: bool) -> Result<Option<File>> {
+/// Who an attacher trusts besides itself.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trust<'a> {
+    pub(crate) uids: &'a [u32],
+    pub(crate) gids: &'a [u32],
+}
+
+/// Opens an existing shm object; `Ok(None)` when it does not exist (yet).
+///
+/// The trust boundary of attaching: never follows a symlink, never blocks on a FIFO or device
+/// (`O_NONBLOCK`), and checks the descriptor it opened (no check-then-open race): a regular file
+/// owned by the caller's effective uid, or by a uid or group in `trust`.
+pub(crate) fn open_existing(path: &Path, writable: bool, trust: &Trust) -> Result<Option<File>> {
     let access = if writable {
         OFlag::O_RDWR
     } else {
         OFlag::O_RDONLY
     };
-    match nix::fcntl::open(path, access | OFlag::O_CLOEXEC, Mode::empty()) {
-        Ok(fd) => Ok(Some(File::from(fd))),
-        Err(Errno::ENOENT) => Ok(None),
-        Err(Errno::EACCES) => Err(Error::io(
-            format!(
-                "opening {} (it belongs to another user or its mode does not let you in)",
-                path.display()
-            ),
-            Errno::EACCES,
-        )),
-        Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+    let flags = access | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+    let file = match nix::fcntl::open(path, flags, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => {
+            return Err(Error::NotAnArena {
+                path: path.to_path_buf(),
+                reason: "it is a symbolic link; arenas are never reached through links".into(),
+            })
+        }
+        Err(Errno::EACCES) => {
+            return Err(Error::io(
+                format!(
+                    "opening {} (it belongs to another user or its mode does not let you in)",
+                    path.display()
+                ),
+                Errno::EACCES,
+            ))
+        }
+        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+    };
+    let st = nix::sys::stat::fstat(file.as_fd())
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG {
+        return Err(Error::NotAnArena {
+            path: path.to_path_buf(),
+            reason: format!("it is {}, not a regular file", file_kind(kind)),
+        });
     }
+    let uid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != uid && !trust.uids.contains(&st.st_uid) && !trust.gids.contains(&st.st_gid) {
+        return Err(Error::Untrusted {
+            path: path.to_path_buf(),
+            owner: st.st_uid,
+            group: st.st_gid,
+            uid,
+        });
+    }
+    Ok(Some(file))
+}
+
+/// Opens `name` in the directory `dir` read-only for inspection by a tool, the way a file we did
+/// not create must be opened: no symlinks followed, never blocking (a FIFO or device opens and
+/// is then refused), and the type checked on the descriptor itself, so that nothing swapped in
+/// between a check and the open is ever read. `Err` says what the file is instead.
+pub fn open_for_reading(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> std::result::Result<(File, nix::sys::stat::FileStat), String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let file = match nix::fcntl::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ELOOP) => return Err("a symbolic link".into()),
+        Err(e) => return Err(format!("cannot be opened: {e}")),
+    };
+    checked_regular(file)
+}
+
+/// Checks on the open descriptor that it is a regular file; returns it with its status.
+pub fn checked_regular(
+    file: File,
+) -> std::result::Result<(File, nix::sys::stat::FileStat), String> {
+    let st = nix::sys::stat::fstat(file.as_fd()).map_err(|e| format!("cannot be read: {e}"))?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG {
+        return Err(file_kind(kind).to_string());
+    }
+    Ok((file, st))
+}
+
+/// "a directory", "a FIFO", ... for a `st_mode & S_IFMT` value.
+pub fn file_kind(kind: libc::mode_t) -> &'static str {
+    match kind {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFLNK => "a symbolic link",
+        _ => "an unknown kind of file",
+    }
+}
+
+/// Checks a creation mode: permission bits only, owner read and write kept.
+pub(crate) fn validate_mode(mode: u32) -> Result<()> {
+    if mode & !0o777 != 0 || mode & 0o600 != 0o600 {
+        return Err(Error::InvalidArgument(format!(
+            "mode {mode:#o}: give permission bits only (at most 0o777) with owner read and \
+             write (0o600 or more), e.g. 0o600 or 0o660 for a trusted group"
+        )));
+    }
+    Ok(())
 }
 
 /// Removes a named shm object; a missing one is not an error (someone else unlinked it).

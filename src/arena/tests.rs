@@ -245,7 +245,7 @@ proptest! {
     fn heap_matches_model(ops in proptest::collection::vec(op(), 1..300)) {
         let dir = TempDir::new();
         let arena = Arena::create("p", &dir.options(256 << 10)).unwrap();
-        let heap_start = arena.region.load(l::HEAP_OFFSET);
+        let heap_start = arena.region.header(l::HEAP_OFFSET);
         // name -> (offset, size, references held)
         let mut model: HashMap<String, (u64, u64, u64)> = HashMap::new();
         for op in ops {
@@ -322,7 +322,7 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
             64,
         );
         std::mem::forget(tx); // the process "dies" here: no commit, no drop
-        r.roll_back();
+        r.roll_back().unwrap();
         arena
             .verify()
             .unwrap_or_else(|e| panic!("after stopping at write {stop_after}: {e}"));

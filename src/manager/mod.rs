@@ -194,6 +194,12 @@ impl ResourceManager {
 
     fn validate(&self, name: &str, traits: &Traits) -> Result<()> {
         let rest = name.strip_prefix(NAME_PREFIX).unwrap_or_default();
+        if name.contains('\0') {
+            return Err(Error::InvalidName {
+                name: name.chars().take(64).collect(),
+                reason: "allocator names cannot contain a NUL byte".into(),
+            });
+        }
         if rest.is_empty() || name.len() > 200 {
             return Err(Error::InvalidName {
                 name: name.chars().take(64).collect(),
@@ -209,10 +215,17 @@ impl ResourceManager {
                 "allocator {name:?} (use get_allocator to reuse it)"
             )));
         }
-        if traits.size == 0 || traits.size >= 1 << 47 {
+        let (min, max) = (
+            crate::arena::layout::minimum_size(traits.expected_names),
+            crate::arena::layout::MAX_ARENA_SIZE / 2,
+        );
+        if traits.size == 0 || traits.size > max {
             return Err(Error::InvalidArgument(format!(
-                "allocator {name:?}: size {} bytes; give a size from 1 byte to 128 TiB",
-                traits.size
+                "allocator {name:?}: size {} bytes; give a size from {} (smaller sizes are \
+                 rounded up to it) to {}",
+                traits.size,
+                crate::error::human_bytes(min),
+                crate::error::human_bytes(max)
             )));
         }
         if traits.mode & !0o777 != 0 || traits.mode & 0o600 != 0o600 {
@@ -258,7 +271,11 @@ impl ResourceManager {
         peers: u32,
         dir: Option<PathBuf>,
     ) -> Options {
-        let mut options = Options::new(traits.size)
+        // The documented minimum: sizes below it get the smallest arena that works.
+        let size = traits
+            .size
+            .max(crate::arena::layout::minimum_size(traits.expected_names));
+        let mut options = Options::new(size)
             .mode(traits.mode)
             .unlink(match traits.unlink {
                 UnlinkPolicy::AfterAttach => Unlink::AfterAttach { peers },

@@ -66,6 +66,40 @@ enum Command {
     },
 }
 
+/// Why a command failed: bad usage (exit 2) or a failure (exit 1).
+enum Fail {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<String> for Fail {
+    fn from(message: String) -> Self {
+        Fail::Failed(message)
+    }
+}
+
+/// Blocks `stat` lists at most, and before "arena damaged" on a damaged one.
+const STAT_MAX_ENTRIES: u64 = 1_000_000;
+const DAMAGED_SHOWN: usize = 20;
+
+/// Text from an arena or the file system, safe to print on a terminal: control characters
+/// (escape sequences included) are shown escaped.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn open_dir(dir: &Path) -> Result<scan::Dir, Fail> {
+    scan::Dir::open(dir).map_err(Fail::Usage)
+}
+
 fn print_json<T: Serialize>(value: &T) {
     println!(
         "{}",
@@ -73,8 +107,9 @@ fn print_json<T: Serialize>(value: &T) {
     );
 }
 
-fn ls(dir: &Path, json: bool) -> Result<(), String> {
-    let rows = scan::scan(dir);
+fn ls(dir: &Path, json: bool) -> Result<(), Fail> {
+    let dir = open_dir(dir)?;
+    let rows = scan::scan(&dir, 0);
     if json {
         print_json(&rows);
         return Ok(());
@@ -82,21 +117,21 @@ fn ls(dir: &Path, json: bool) -> Result<(), String> {
     if rows.is_empty() {
         println!(
             "no nodeshm arenas in {} or mapped by live processes",
-            dir.display()
+            esc(&dir.path.display().to_string())
         );
         return Ok(());
     }
     let label = |r: &scan::Row| {
         if r.named {
-            r.shm_name.clone()
+            esc(&r.shm_name)
         } else {
-            format!("{} (unlinked)", r.shm_name)
+            format!("{} (unlinked)", esc(&r.shm_name))
         }
     };
     let w = rows.iter().map(|r| label(r).len()).max().unwrap_or(8);
     let a = rows
         .iter()
-        .map(|r| r.allocator.len())
+        .map(|r| esc(&r.allocator).len())
         .max()
         .unwrap_or(9)
         .max(9);
@@ -113,8 +148,8 @@ fn ls(dir: &Path, json: bool) -> Result<(), String> {
             "{:<10} {:<w$} {:<a$} {:<10} {:>10} {:>10} {:>6} {:>8} {}",
             r.state,
             name,
-            r.allocator,
-            r.scope_instance,
+            esc(&r.allocator),
+            esc(&r.scope_instance),
             short(&size),
             short(&used),
             r.live_blocks,
@@ -126,39 +161,53 @@ fn ls(dir: &Path, json: bool) -> Result<(), String> {
                 .join(",")
         );
         if let Some(reason) = &r.reason {
-            println!("{:<10} {reason}", "");
+            println!("{:<10} {}", "", esc(reason));
         }
     }
     Ok(())
 }
 
-fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), String> {
+fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), Fail> {
+    let dir = open_dir(dir)?;
     let wanted = Path::new(arena);
-    let rows = scan::scan(dir);
-    let row = rows
-        .iter()
-        .find(|r| r.path == wanted || r.shm_name == arena)
-        .or_else(|| {
-            rows.iter()
-                .find(|r| r.path.file_name() == wanted.file_name())
-        });
-    let Some(row) = row else {
-        // Not in the backing directory: maybe a path elsewhere.
-        if wanted.is_file() {
-            return stat(wanted.parent().unwrap_or(Path::new(".")), arena, json);
-        }
-        return Err(format!(
-            "no arena {arena:?} in {} nor mapped by a live process (see `nodeshm ls`)",
-            dir.display()
-        ));
+    let by_name = !arena.contains('/');
+    let rows = if by_name {
+        scan::scan(&dir, STAT_MAX_ENTRIES)
+    } else {
+        Vec::new()
     };
+    let found = rows.iter().find(|r| r.shm_name == arena).cloned();
+    let row = match found {
+        Some(row) => row,
+        None if by_name => {
+            return Err(Fail::Failed(format!(
+                "no arena {:?} in {} nor mapped by a live process (see `nodeshm ls`)",
+                esc(arena),
+                esc(&dir.path.display().to_string())
+            )))
+        }
+        // A path: opened like any file we did not create, and read, never followed or mapped.
+        None => {
+            let parent = wanted.parent().filter(|p| !p.as_os_str().is_empty());
+            let parent = scan::Dir::open(parent.unwrap_or(Path::new(".")))
+                .map_err(|e| Fail::Failed(format!("{}: {e}", esc(arena))))?;
+            let name = wanted.file_name().unwrap_or_default();
+            let (file, st) =
+                nodeshm::arena::open_for_reading(std::os::fd::AsFd::as_fd(&parent.fd), name)
+                    .map_err(|what| {
+                        Fail::Failed(format!("{} is {what}, not an arena", esc(arena)))
+                    })?;
+            scan::row_of_file(wanted, &file, &st, STAT_MAX_ENTRIES)
+        }
+    };
+    let row = &row;
     let Some(i) = &row.inspection else {
-        return Err(format!(
-            "{} is {}: {}",
-            row.path.display(),
+        return Err(Fail::Failed(format!(
+            "{} is not a nodeshm arena this version reads ({}): {}",
+            esc(&row.path.display().to_string()),
             row.state,
-            row.reason.clone().unwrap_or_default()
-        ));
+            esc(&row.reason.clone().unwrap_or_default())
+        )));
     };
     if json {
         #[derive(Serialize)]
@@ -178,7 +227,8 @@ fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), String> {
             requested: u64,
             recoveries: u64,
             blocks: Vec<Block<'a>>,
-            warnings: &'a [String],
+            blocks_truncated: bool,
+            damage: Option<&'a str>,
         }
         #[derive(Serialize)]
         struct Block<'a> {
@@ -212,21 +262,22 @@ fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), String> {
                     refcount: e.refcount,
                 })
                 .collect(),
-            warnings: &i.warnings,
+            blocks_truncated: i.truncated,
+            damage: i.damage.as_deref(),
         });
         return Ok(());
     }
     let info = &i.info;
     println!(
         "arena       {}{}",
-        row.path.display(),
+        esc(&row.path.display().to_string()),
         if row.named { "" } else { " (unlinked)" }
     );
     println!(
         "state       {} (attached: {:?})",
         row.state, row.attached_pids
     );
-    println!("label       {}", info.label);
+    println!("label       {}", esc(&info.label));
     println!("layout      version {}", info.layout_version);
     println!("size        {}", human_bytes(info.size));
     println!(
@@ -247,6 +298,7 @@ fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), String> {
         } else {
             &info.placement
         }
+        .escape_default()
     );
     let s = &i.stats;
     println!(
@@ -269,38 +321,50 @@ fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), String> {
             "name", "offset", "size", "refs"
         );
         let mut entries = i.entries.clone();
-        entries.sort_by_key(|e| e.offset);
+        if i.damage.is_some() {
+            // What was read before the damage, in walk order, a few at most.
+            entries.truncate(DAMAGED_SHOWN);
+        } else {
+            entries.sort_by_key(|e| e.offset);
+        }
         for e in &entries {
             println!(
                 "{:<40} {:>14} {:>14} {:>8}",
-                e.name, e.offset, e.size, e.refcount
+                esc(&e.name),
+                e.offset,
+                e.size,
+                e.refcount
             );
         }
+        if i.truncated {
+            println!("... more blocks than the {STAT_MAX_ENTRIES} listed");
+        }
     }
-    for w in &i.warnings {
-        println!("warning: {w}");
+    if let Some(damage) = &i.damage {
+        println!("arena damaged: {}", esc(damage));
     }
     Ok(())
 }
 
-fn gc(dir: &Path, dry_run: bool, json: bool) -> Result<(), String> {
+fn gc(dir: &Path, dry_run: bool, json: bool) -> Result<(), Fail> {
+    let dir = open_dir(dir)?;
     let me = nix::unistd::geteuid().as_raw();
     let mut removed = Vec::new();
     let mut failed = Vec::new();
-    for r in scan::scan(dir) {
-        if r.state != "orphaned" || !r.named || r.owner_uid != me {
+    for r in scan::scan(&dir, 0) {
+        if r.state != "orphaned" || !r.named || r.owner_uid != me || r.reason.is_some() {
             continue;
         }
-        // Re-check just before removing: nothing maps it, and it is still the same file.
-        let inode = std::os::unix::fs::MetadataExt::ino(
-            &std::fs::metadata(&r.path).map_err(|e| e.to_string())?,
-        );
-        if scan::mapped_now(dir, inode) {
+        // Re-check just before removing, by identity: the name still holds the same regular
+        // file, and no process maps it.
+        if dir.id_of(&r.shm_name) != Some(((r.device, r.inode), true))
+            || scan::mapped_now(&dir, (r.device, r.inode))
+        {
             continue;
         }
         if !dry_run {
-            if let Err(e) = std::fs::remove_file(&r.path) {
-                failed.push(format!("{}: {e}", r.path.display()));
+            if let Err(e) = dir.unlink(&r.shm_name) {
+                failed.push(format!("{}: {e}", esc(&r.path.display().to_string())));
                 continue;
             }
         }
@@ -323,25 +387,31 @@ fn gc(dir: &Path, dry_run: bool, json: bool) -> Result<(), String> {
         for r in &removed {
             println!(
                 "{verb} {} ({}, {}, creator pid {} gone)",
-                r.path.display(),
-                r.allocator,
+                esc(&r.path.display().to_string()),
+                esc(&r.allocator),
                 human_bytes(r.size),
                 r.creator_pid
             );
         }
         if removed.is_empty() {
-            println!("no orphaned arenas of this user in {}", dir.display());
+            println!(
+                "no orphaned arenas of this user in {}",
+                esc(&dir.path.display().to_string())
+            );
         }
     }
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("could not remove: {}", failed.join("; ")))
+        Err(Fail::Failed(format!(
+            "could not remove: {}",
+            failed.join("; ")
+        )))
     }
 }
 
-fn topo(json: bool) -> Result<(), String> {
-    let t = sysinfo::topo().map_err(|e| e.to_string())?;
+fn topo(json: bool) -> Result<(), Fail> {
+    let t = sysinfo::topo().map_err(|e| Fail::Failed(e.to_string()))?;
     if json {
         print_json(&t);
         return Ok(());
@@ -372,13 +442,13 @@ fn topo(json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn check(dir: &Path, json: bool) -> Result<(), String> {
+fn check(dir: &Path, json: bool) -> Result<(), Fail> {
     let findings = sysinfo::check(dir);
     if json {
         print_json(&findings);
     } else {
         for f in &findings {
-            println!("{:<8} {:<34} {}", f.status, f.check, f.detail);
+            println!("{:<8} {:<34} {}", f.status, f.check, esc(&f.detail));
             if let Some(fix) = &f.fix {
                 println!("{:<8} {:<34} fix: {fix}", "", "");
             }
@@ -386,7 +456,7 @@ fn check(dir: &Path, json: bool) -> Result<(), String> {
     }
     let problems = findings.iter().filter(|f| f.status == "problem").count();
     if problems > 0 {
-        Err(format!("{problems} problem(s) found"))
+        Err(Fail::Failed(format!("{problems} problem(s) found")))
     } else {
         Ok(())
     }
@@ -404,9 +474,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Fail::Failed(message)) => {
             eprintln!("nodeshm: {message}");
             ExitCode::FAILURE
+        }
+        Err(Fail::Usage(message)) => {
+            eprintln!("nodeshm: {message}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,25 +1,113 @@
 //! Finding arenas on this node: named ones in the backing directory, and unlinked ones still
 //! mapped by live processes (from /proc/<pid>/maps), with who maps them and their state.
+//!
+//! Every file and every /proc entry may belong to someone hostile: files are identified by
+//! (device, inode), never by path strings; they are opened without following links and without
+//! blocking, their type checked on the descriptor; they are read with `pread`, never mapped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nodeshm::arena::{inspect, process_start_time, Inspected, Inspection};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::libc;
+use nix::sys::stat::Mode;
+use nodeshm::arena::{
+    checked_regular, inspect, open_for_reading, process_start_time, Inspected, Inspection,
+};
 use serde::Serialize;
+
+/// A file's identity: (device, inode).
+pub type FileId = (u64, u64);
+
+/// The backing directory, open: every name in it is resolved relative to this descriptor.
+pub struct Dir {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    /// The device of its file system: an unlinked arena mapped from there has this device.
+    pub dev: u64,
+}
+
+impl Dir {
+    /// Opens `path` as a directory; `Err` when it is missing or not a directory.
+    pub fn open(path: &Path) -> Result<Dir, String> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| {
+            format!(
+                "backing directory {}: {}",
+                path.display(),
+                match e {
+                    nix::errno::Errno::ENOENT => "does not exist".to_string(),
+                    nix::errno::Errno::ENOTDIR => "is not a directory".to_string(),
+                    e => e.to_string(),
+                }
+            )
+        })?;
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| e.to_string())?;
+        Ok(Dir {
+            path: path.to_path_buf(),
+            fd,
+            dev: st.st_dev,
+        })
+    }
+
+    /// The identity of `name` in this directory right now (not following links).
+    pub fn id_of(&self, name: &str) -> Option<(FileId, bool)> {
+        let st =
+            nix::sys::stat::fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        Some((
+            (st.st_dev, st.st_ino),
+            st.st_mode & libc::S_IFMT == libc::S_IFREG,
+        ))
+    }
+
+    /// Removes `name` from this directory.
+    pub fn unlink(&self, name: &str) -> nix::Result<()> {
+        nix::unistd::unlinkat(
+            self.fd.as_fd(),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+    }
+
+    /// The names in the directory starting with "nodeshm".
+    fn names(&self) -> Vec<String> {
+        use std::os::fd::AsRawFd;
+        // Listed through our descriptor, so a directory renamed meanwhile is still this one.
+        let listing = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        std::fs::read_dir(listing)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("nodeshm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
 
 /// One mapping of a nodeshm file by a live process.
 #[derive(Debug, Clone)]
 struct Mapping {
     pid: u32,
-    inode: u64,
-    path: PathBuf,
+    id: FileId,
+    name: String,
     deleted: bool,
 }
 
-/// Every process's mappings of files in `dir` whose name starts with "nodeshm".
-fn mappings(dir: &Path) -> Vec<Mapping> {
+/// `major:minor` in hex, as /proc/<pid>/maps writes a device, to a `dev_t`.
+fn parse_dev(text: &str) -> Option<u64> {
+    let (major, minor) = text.split_once(':')?;
+    let (major, minor) = (
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
+    Some(libc::makedev(major, minor))
+}
+
+/// Every process's mappings of files named nodeshm* on the backing directory's file system.
+fn mappings(dir: &Dir) -> Vec<Mapping> {
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
@@ -35,7 +123,7 @@ fn mappings(dir: &Path) -> Vec<Mapping> {
         for line in maps.lines() {
             // address perms offset dev inode path
             let mut fields = line.splitn(6, ' ');
-            let (Some(_), Some(_), Some(_), Some(_), Some(inode), Some(path)) = (
+            let (Some(_), Some(_), Some(_), Some(dev), Some(inode), Some(path)) = (
                 fields.next(),
                 fields.next(),
                 fields.next(),
@@ -45,22 +133,23 @@ fn mappings(dir: &Path) -> Vec<Mapping> {
             ) else {
                 continue;
             };
+            let (Some(dev), Ok(inode)) = (parse_dev(dev), inode.parse::<u64>()) else {
+                continue;
+            };
             let path = path.trim_start();
             let (path, deleted) = match path.strip_suffix(" (deleted)") {
                 Some(p) => (p, true),
                 None => (path, false),
             };
-            let path = PathBuf::from(path);
-            let ours = path.parent() == Some(dir)
-                && path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("nodeshm"));
-            let inode: u64 = inode.parse().unwrap_or(0);
-            if ours && seen.insert(inode) {
+            let name = Path::new(path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if dev == dir.dev && name.starts_with("nodeshm") && seen.insert(inode) {
                 out.push(Mapping {
                     pid,
-                    inode,
-                    path,
+                    id: (dev, inode),
+                    name,
                     deleted,
                 });
             }
@@ -69,24 +158,29 @@ fn mappings(dir: &Path) -> Vec<Mapping> {
     out
 }
 
-/// Opens an unlinked arena through a process that maps it: an fd it keeps (nodeshm keeps one),
-/// else its map_files entry (needs CAP_SYS_ADMIN).
-fn open_through(pid: u32, inode: u64) -> Result<File, String> {
-    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for fd in fds.flatten() {
-            if let Ok(f) = File::open(fd.path()) {
-                if f.metadata().is_ok_and(|m| m.ino() == inode) {
-                    return Ok(f);
-                }
-            }
+/// Opens an unlinked arena through a process that maps it: an fd it keeps open (nodeshm keeps
+/// one), else its map_files entry (needs CAP_SYS_ADMIN). Each link is `stat`ed first and opened
+/// only when it is a regular file with the mapping's identity, non-blocking, and checked again
+/// on the descriptor: a FIFO or a file swapped in meanwhile is never read.
+fn open_through(pid: u32, id: FileId) -> Result<File, String> {
+    let candidates = ["fd", "map_files"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(format!("/proc/{pid}/{d}")).ok())
+        .flat_map(|d| d.flatten().map(|e| e.path()));
+    for link in candidates {
+        let Ok(st) = nix::sys::stat::stat(&link) else {
+            continue;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || (st.st_dev, st.st_ino) != id {
+            continue;
         }
-    }
-    if let Ok(maps) = std::fs::read_dir(format!("/proc/{pid}/map_files")) {
-        for m in maps.flatten() {
-            if std::fs::metadata(m.path()).is_ok_and(|md| md.ino() == inode) {
-                return File::open(m.path()).map_err(|e| {
-                    format!("process {pid} maps it but /proc/{pid}/map_files cannot be opened: {e}")
-                });
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let Ok(fd) = nix::fcntl::open(&link, flags, Mode::empty()) else {
+            continue;
+        };
+        if let Ok((file, st)) = checked_regular(File::from(fd)) {
+            if (st.st_dev, st.st_ino) == id {
+                return Ok(file);
             }
         }
     }
@@ -115,7 +209,10 @@ pub struct Row {
     pub creator_alive: bool,
     pub attached_pids: Vec<u32>,
     pub owner_uid: u32,
-    /// For foreign or unreadable files: what they are / why they could not be read.
+    pub device: u64,
+    pub inode: u64,
+    /// For foreign or unreadable files: what they are / why they could not be read; for a
+    /// damaged arena: what is wrong.
     pub reason: Option<String>,
     #[serde(skip)]
     pub inspection: Option<Box<Inspection>>,
@@ -128,14 +225,10 @@ pub fn alive(pid: u32, start_time: u64) -> bool {
         && (start_time == 0 || process_start_time(pid) == start_time)
 }
 
-fn row(path: PathBuf, named: bool, file: Result<File, String>, attached: Vec<u32>) -> Row {
-    let shm_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut row = Row {
+fn empty_row(shm_name: String, path: PathBuf, named: bool, attached: Vec<u32>) -> Row {
+    Row {
         shm_name,
-        path: path.clone(),
+        path,
         named,
         state: "unreadable",
         allocator: String::new(),
@@ -148,21 +241,19 @@ fn row(path: PathBuf, named: bool, file: Result<File, String>, attached: Vec<u32
         creator_alive: false,
         attached_pids: attached,
         owner_uid: 0,
+        device: 0,
+        inode: 0,
         reason: None,
         inspection: None,
-    };
-    let file = match file {
-        Ok(f) => f,
-        Err(reason) => {
-            row.reason = Some(reason);
-            return row;
-        }
-    };
-    if let Ok(meta) = file.metadata() {
-        row.owner_uid = meta.uid();
-        row.size = meta.len();
     }
-    match inspect(&file, &path) {
+}
+
+/// Fills `row` from an open, type-checked file.
+fn fill(mut row: Row, file: &File, st: &nix::sys::stat::FileStat, max_entries: u64) -> Row {
+    row.owner_uid = st.st_uid;
+    row.size = st.st_size as u64;
+    (row.device, row.inode) = (st.st_dev, st.st_ino);
+    match inspect(file, &row.path, max_entries) {
         Ok(Inspected::Foreign { reason }) => {
             row.state = "foreign";
             row.reason = Some(reason);
@@ -184,6 +275,7 @@ fn row(path: PathBuf, named: bool, file: Result<File, String>, attached: Vec<u32
             } else {
                 "orphaned"
             };
+            row.reason = i.damage.as_ref().map(|d| format!("arena damaged: {d}"));
             row.inspection = Some(i);
         }
         Err(e) => row.reason = Some(e.to_string()),
@@ -191,54 +283,96 @@ fn row(path: PathBuf, named: bool, file: Result<File, String>, attached: Vec<u32
     row
 }
 
+/// The row of a file we hold open (a path given to `stat`, outside the backing directory).
+pub fn row_of_file(path: &Path, file: &File, st: &nix::sys::stat::FileStat, max: u64) -> Row {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    fill(
+        empty_row(name, path.to_path_buf(), true, Vec::new()),
+        file,
+        st,
+        max,
+    )
+}
+
 /// Every arena this user can see in `dir`, named or unlinked-but-mapped, sorted by name.
-pub fn scan(dir: &Path) -> Vec<Row> {
+/// Lists at most `max_entries` blocks of each.
+pub fn scan(dir: &Dir, max_entries: u64) -> Vec<Row> {
     let maps = mappings(dir);
-    let mut by_inode: BTreeMap<u64, Vec<&Mapping>> = BTreeMap::new();
+    let mut by_id: BTreeMap<FileId, Vec<&Mapping>> = BTreeMap::new();
     for m in &maps {
-        by_inode.entry(m.inode).or_default().push(m);
+        by_id.entry(m.id).or_default().push(m);
     }
-    let pids_of = |inode: u64| -> Vec<u32> {
-        let mut pids: Vec<u32> = by_inode
-            .get(&inode)
+    let pids_of = |id: FileId| -> Vec<u32> {
+        let mut pids: Vec<u32> = by_id
+            .get(&id)
             .map(|v| v.iter().map(|m| m.pid).collect())
             .unwrap_or_default();
         pids.sort();
         pids
     };
+    let me = nix::unistd::geteuid().as_raw();
     let mut rows = Vec::new();
-    let mut named_inodes = BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("nodeshm") || !e.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
+    let mut named_ids = BTreeSet::new();
+    for name in dir.names() {
+        let path = dir.path.join(&name);
+        match open_for_reading(dir.fd.as_fd(), name.as_ref()) {
+            Ok((file, st)) => {
+                named_ids.insert((st.st_dev, st.st_ino));
+                let row = empty_row(name, path, true, pids_of((st.st_dev, st.st_ino)));
+                rows.push(fill(row, &file, &st, max_entries));
             }
-            let Ok(meta) = e.metadata() else { continue };
-            named_inodes.insert(meta.ino());
-            let file = File::open(e.path()).map_err(|err| format!("cannot open: {err}"));
-            if file.is_err() && meta.uid() != nix::unistd::geteuid().as_raw() {
-                continue; // another user's arena that we may not read: not ours to show
+            Err(what) => {
+                // Another user's file we may not read is not ours to show.
+                let owner = nix::sys::stat::fstatat(
+                    dir.fd.as_fd(),
+                    name.as_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map(|st| st.st_uid)
+                .unwrap_or(u32::MAX);
+                if what.starts_with("cannot be opened") && owner != me {
+                    continue;
+                }
+                let mut row = empty_row(name, path, true, Vec::new());
+                row.owner_uid = owner;
+                if what.starts_with("cannot") {
+                    row.reason = Some(what);
+                } else {
+                    row.state = "foreign";
+                    row.reason = Some(format!("it is {what}, not a regular file"));
+                }
+                rows.push(row);
             }
-            rows.push(row(e.path(), true, file, pids_of(meta.ino())));
         }
     }
-    for (inode, ms) in &by_inode {
-        if named_inodes.contains(inode) || !ms.iter().any(|m| m.deleted) {
+    for (id, ms) in &by_id {
+        if named_ids.contains(id) || !ms.iter().any(|m| m.deleted) {
             continue;
         }
-        let file = ms
+        let path = dir.path.join(&ms[0].name);
+        let row = empty_row(ms[0].name.clone(), path, false, pids_of(*id));
+        let opened = ms
             .iter()
-            .map(|m| open_through(m.pid, *inode))
+            .map(|m| open_through(m.pid, *id))
             .find(Result::is_ok)
-            .unwrap_or_else(|| open_through(ms[0].pid, *inode));
-        rows.push(row(ms[0].path.clone(), false, file, pids_of(*inode)));
+            .unwrap_or_else(|| open_through(ms[0].pid, *id))
+            .and_then(checked_regular);
+        rows.push(match opened {
+            Ok((file, st)) => fill(row, &file, &st, max_entries),
+            Err(reason) => Row {
+                reason: Some(reason),
+                ..row
+            },
+        });
     }
     rows.sort_by(|a, b| a.shm_name.cmp(&b.shm_name).then(a.named.cmp(&b.named)));
     rows
 }
 
-/// Whether anything maps the file with this inode right now (re-checked just before gc).
-pub fn mapped_now(dir: &Path, inode: u64) -> bool {
-    mappings(dir).iter().any(|m| m.inode == inode)
+/// Whether anything maps the file `id` right now (re-checked just before gc).
+pub fn mapped_now(dir: &Dir, id: FileId) -> bool {
+    mappings(dir).iter().any(|m| m.id == id)
 }

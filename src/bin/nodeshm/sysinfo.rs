@@ -184,7 +184,18 @@ fn remove_ipc() -> Finding {
 }
 
 fn arenas(dir: &Path) -> Finding {
-    let rows = scan::scan(dir);
+    let dir = match scan::Dir::open(dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            return finding(
+                "stale arenas",
+                "problem",
+                e,
+                Some("create the directory, or point --dir / NODESHM_SHM_DIR at a tmpfs"),
+            )
+        }
+    };
+    let rows = scan::scan(&dir, 0);
     let orphaned: Vec<_> = rows
         .iter()
         .filter(|r| r.state == "orphaned")
