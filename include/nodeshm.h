@@ -7,6 +7,18 @@
  * happened, with the numbers, and what to do. No call crashes on bad input (NULL handles, bad
  * names, wrong sizes, foreign pointers): it returns a code.
  *
+ * What is checked and what is not: NULL handles and pointers, names, sizes, options and
+ * pointers not from this allocator are errors. A non-NULL handle that is not a live handle from
+ * this library (freed, or garbage) is undefined behaviour, as for any C library. An invalid
+ * Fortran communicator is an error where the MPI lets it be detected (Open MPI's MPI_Comm_f2c
+ * returns no communicator for an unknown handle; MPICH's is a cast, and MPICH aborts the job).
+ * In collective calls every argument check is agreed on by all ranks before anything else, so
+ * a bad argument on one rank gives every rank the same error (naming that rank) and none waits;
+ * the manager handle itself carries the communicator and must be valid on every rank. Calls
+ * that need MPI return NODESHM_EFINALIZED before MPI_Init or after MPI_Finalize instead of
+ * letting MPI abort; releasing handles after MPI_Finalize is allowed (their communicators are
+ * then abandoned, not freed).
+ *
  * Threads: allocate/find/deallocate on one allocator handle are safe from several threads of a
  * process, but creating, copying (nodeshm_get_allocator) and releasing handles is not; do that
  * from one thread, as MPI_THREAD_FUNNELED codes do.
@@ -53,6 +65,7 @@ extern "C" {
 #define NODESHM_EPLACEMENT 16    /* the requested memory placement cannot be honoured */
 #define NODESHM_EINTERNAL 17     /* a bug in nodeshm (please report nodeshm_last_error()) */
 #define NODESHM_EUNTRUSTED 18    /* the arena belongs to a user or group not trusted */
+#define NODESHM_EFINALIZED 19    /* MPI is not initialised or already finalized */
 
 /* Scopes: which ranks share one arena. */
 #define NODESHM_SCOPE_NODE 0   /* all ranks of a node (default) */

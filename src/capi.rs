@@ -60,6 +60,18 @@ fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
     }
 }
 
+/// Fails unless MPI is initialised and not finalized: checked before any MPI call, so that a
+/// call after `MPI_Finalize` is an error instead of an abort inside MPI.
+fn mpi_running() -> Result<()> {
+    if mpi::environment::is_finalized() {
+        return Err(Error::MpiFinalized("finalized"));
+    }
+    if !mpi::environment::is_initialized() {
+        return Err(Error::MpiFinalized("not initialised"));
+    }
+    Ok(())
+}
+
 fn null(what: &str) -> Error {
     Error::InvalidArgument(format!("{what} is NULL"))
 }
@@ -129,6 +141,7 @@ pub extern "C" fn nodeshm_strerror(code: c_int) -> *const c_char {
             ErrorCode::Placement => c"memory placement failed",
             ErrorCode::Internal => c"internal error",
             ErrorCode::Untrusted => c"arena owned by an untrusted user",
+            ErrorCode::MpiFinalized => c"MPI is not running (finalized or not initialised)",
         },
     };
     text.as_ptr()
@@ -328,10 +341,15 @@ pub unsafe extern "C" fn nodeshm_manager_create(
     out: *mut *mut NodeshmManager,
 ) -> c_int {
     guard(|| {
+        mpi_running()?;
         // SAFETY: converting a handle value has no preconditions beyond MPI being initialised.
         let raw: MPI_Comm = unsafe { mpi::ffi::RSMPI_Comm_f2c(comm) };
+        // SAFETY: an all-zero handle is never a valid communicator in any MPI (Open MPI's
+        // f2c returns a null pointer for an index it does not know; MPICH's handles carry
+        // kind bits): `zeroed` only builds a value of the handle type to compare with.
+        let zero: MPI_Comm = unsafe { std::mem::zeroed() };
         // SAFETY: reading the MPI library's constant.
-        if raw == unsafe { mpi::ffi::RSMPI_COMM_NULL } {
+        if raw == zero || raw == unsafe { mpi::ffi::RSMPI_COMM_NULL } {
             return Err(Error::InvalidArgument(format!(
                 "communicator {comm} is MPI_COMM_NULL or not a communicator"
             )));
@@ -356,6 +374,13 @@ pub unsafe extern "C" fn nodeshm_manager_create(
         }
         // SAFETY: `dup` is a fresh user communicator that nothing else owns.
         let user = unsafe { SimpleCommunicator::from_raw(dup) };
+        // A NULL `out` on one rank must fail on every rank, before the collective creation.
+        let out_ok = if out.is_null() {
+            Err(null("out"))
+        } else {
+            Ok(())
+        };
+        crate::comm::agree(&user, out_ok)?;
         let rm = ResourceManager::new(&user)?;
         // SAFETY: forwarded contract.
         unsafe { put(out, Box::into_raw(Box::new(NodeshmManager(rm))), "out") }
@@ -389,14 +414,23 @@ pub unsafe extern "C" fn nodeshm_make_resource(
     out: *mut *mut NodeshmAllocator,
 ) -> c_int {
     guard(|| {
+        mpi_running()?;
+        // The manager carries the communicator, so it must be valid on every rank; every other
+        // argument is checked on each rank and the outcome agreed on by all of them first.
         // SAFETY: forwarded contract.
-        let (m, t) = unsafe { (handle(m, "manager")?, handle(traits, "traits")?) };
-        // SAFETY: forwarded contract.
-        let name = unsafe { string(name, "name")? };
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        let a = m.0.make_resource(name, t.0.clone())?;
+        let m = unsafe { handle(m, "manager")? };
+        let args = (|| {
+            // SAFETY: forwarded contract.
+            let t = unsafe { handle(traits, "traits")? };
+            // SAFETY: forwarded contract.
+            let name = unsafe { string(name, "name")? };
+            if out.is_null() {
+                return Err(null("out"));
+            }
+            Ok((name, t.0.clone()))
+        })();
+        let (name, traits) = m.0.agree_locally(args)?;
+        let a = m.0.make_resource(name, traits)?;
         // SAFETY: forwarded contract.
         unsafe { put(out, Box::into_raw(Box::new(NodeshmAllocator(a))), "out") }
     })
@@ -565,6 +599,7 @@ pub unsafe extern "C" fn nodeshm_allocator_comm(
     out: *mut c_int,
 ) -> c_int {
     guard(|| {
+        mpi_running()?;
         // SAFETY: forwarded contract.
         let a = unsafe { handle(a, "allocator")? };
         // SAFETY: the communicator is valid while the allocator lives.

@@ -44,6 +44,8 @@ pub enum ErrorCode {
     Internal = 17,
     /// The arena belongs to another user (or group) than the caller trusts.
     Untrusted = 18,
+    /// MPI is not initialised, or already finalized: no collective call can run.
+    MpiFinalized = 19,
 }
 
 impl ErrorCode {
@@ -69,6 +71,7 @@ impl ErrorCode {
             Placement,
             Internal,
             Untrusted,
+            MpiFinalized,
         ]
         .into_iter()
         .find(|c| *c as i32 == value)
@@ -175,6 +178,10 @@ pub enum Error {
         uid: u32,
     },
 
+    /// An MPI call was asked for while MPI is not running.
+    #[error("MPI is {0}: call nodeshm between MPI_Init and MPI_Finalize (release allocators and managers before MPI_Finalize)")]
+    MpiFinalized(&'static str),
+
     /// An error that happened on one rank of a collective call and is returned on every rank.
     #[error("{message} (on rank {rank}{})", if *failed_ranks > 1 { format!(" and {} other rank(s)", failed_ranks - 1) } else { String::new() })]
     Collective {
@@ -207,6 +214,7 @@ impl Error {
             Error::Placement(_) => ErrorCode::Placement,
             Error::Internal(_) => ErrorCode::Internal,
             Error::Untrusted { .. } => ErrorCode::Untrusted,
+            Error::MpiFinalized(_) => ErrorCode::MpiFinalized,
             Error::Collective { code, .. } => *code,
         }
     }

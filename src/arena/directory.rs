@@ -50,7 +50,7 @@ fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
 /// Checks that `e` can be a directory entry: an aligned heap payload with room for the entry.
 fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
     let g = r.geometry();
-    if e < g.heap_offset + 16 || e % l::ALIGN != 0 || e + ENTRY_SIZE > g.sentinel() {
+    if e < g.heap_offset + 16 || e % l::ALIGN != 0 || e > g.sentinel().saturating_sub(ENTRY_SIZE) {
         return Err(Error::Corrupted(format!(
             "a directory link points to offset {e}, outside the heap {}..{}",
             g.heap_offset, g.heap_end

@@ -187,6 +187,13 @@ impl ResourceManager {
         self.allocators.borrow().keys().cloned().collect()
     }
 
+    /// Collective over the manager's communicator: every rank learns whether any rank's
+    /// `local` failed (the first failing rank's error, on every rank), so that checks a caller
+    /// makes before a collective call (the C ABI's argument checks) never leave ranks waiting.
+    pub(crate) fn agree_locally<T>(&self, local: Result<T>) -> Result<T> {
+        comm::agree(&self.comm, local)
+    }
+
     /// Forgets allocator `name` (the arena goes when every clone of it is dropped). Local.
     pub fn remove_allocator(&self, name: &str) -> Option<Allocator> {
         self.allocators.borrow_mut().remove(name)

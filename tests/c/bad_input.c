@@ -25,6 +25,17 @@ int main(int argc, char **argv) {
 
     expect("manager with MPI_COMM_NULL", nodeshm_manager_create_c(MPI_COMM_NULL, &rm), NODESHM_EINVAL, "MPI_COMM_NULL");
     expect("manager into NULL", nodeshm_manager_create_c(MPI_COMM_WORLD, NULL), NODESHM_EINVAL, "out is NULL");
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    int world_f = (int)MPI_Comm_c2f(MPI_COMM_WORLD);
+    /* A bad argument on one rank only: every rank gets the same error, nobody waits. */
+    nodeshm_manager_t *rm1 = NULL;
+    expect("manager into NULL on rank 1 only",
+           nodeshm_manager_create(world_f, rank == 1 ? NULL : &rm1), NODESHM_EINVAL, "out is NULL (on rank 1)");
+#if defined(OPEN_MPI)
+    /* Open MPI lets an unknown Fortran handle be detected (MPICH's handles are plain casts). */
+    expect("manager of an unknown Fortran handle", nodeshm_manager_create(123456, &rm1), NODESHM_EINVAL, "not a communicator");
+#endif
     expect("manager", nodeshm_manager_create_c(MPI_COMM_WORLD, &rm), NODESHM_OK, NULL);
     expect("traits", nodeshm_traits_create(1 << 20, &t), NODESHM_OK, NULL);
     expect("bad scope", nodeshm_traits_set_scope(t, 7), NODESHM_EINVAL, "scope 7");
@@ -39,6 +50,12 @@ int main(int argc, char **argv) {
     expect("NULL manager", nodeshm_make_resource(NULL, "SHARED::x", t, &a), NODESHM_EINVAL, "manager is NULL");
     expect("NULL name", nodeshm_make_resource(rm, NULL, t, &a), NODESHM_EINVAL, "name is NULL");
     expect("name without SHARED::", nodeshm_make_resource(rm, "tables", t, &a), NODESHM_ENAME, "SHARED::");
+    expect("NULL out on rank 1 only", nodeshm_make_resource(rm, "SHARED::one", t, rank == 1 ? NULL : &a),
+           NODESHM_EINVAL, "out is NULL (on rank 1)");
+    expect("NULL name on rank 1 only", nodeshm_make_resource(rm, rank == 1 ? NULL : "SHARED::one", t, &a),
+           NODESHM_EINVAL, "name is NULL (on rank 1)");
+    expect("NULL traits on rank 1 only", nodeshm_make_resource(rm, "SHARED::one", rank == 1 ? NULL : t, &a),
+           NODESHM_EINVAL, "traits is NULL (on rank 1)");
 
     nodeshm_traits_t *zero = NULL;
     nodeshm_traits_create(0, &zero);
@@ -86,11 +103,16 @@ int main(int argc, char **argv) {
     expect("strerror", strcmp(nodeshm_strerror(NODESHM_ENOSPC), "arena full"), 0, NULL);
 
     nodeshm_allocator_release(again);
-    nodeshm_allocator_release(a);
     expect("release NULL", nodeshm_allocator_release(NULL), NODESHM_OK, NULL);
-    nodeshm_traits_destroy(t);
-    nodeshm_manager_destroy(rm);
     MPI_Finalize();
+    /* After MPI_Finalize: an error, not an abort inside MPI; releasing handles still works. */
+    int comm_f = 0;
+    expect("allocator communicator after MPI_Finalize", nodeshm_allocator_comm(a, &comm_f), NODESHM_EFINALIZED, "finalized");
+    expect("manager after MPI_Finalize", nodeshm_manager_create(world_f, &rm1), NODESHM_EFINALIZED, "finalized");
+    expect("make_resource after MPI_Finalize", nodeshm_make_resource(rm, "SHARED::late", t, &a), NODESHM_EFINALIZED, "finalized");
+    expect("release after MPI_Finalize", nodeshm_allocator_release(a), NODESHM_OK, NULL);
+    expect("destroy manager after MPI_Finalize", nodeshm_manager_destroy(rm), NODESHM_OK, NULL);
+    nodeshm_traits_destroy(t);
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

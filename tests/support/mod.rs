@@ -147,6 +147,19 @@ pub fn run_with_timeout(
     cmd: &mut std::process::Command,
     limit: std::time::Duration,
 ) -> (bool, String) {
+    match run_status(cmd, limit) {
+        (Some(s), text) => (s.success(), text),
+        (None, text) => (false, format!("{text}\nTIMED OUT after {limit:?}")),
+    }
+}
+
+/// Runs `cmd` in its own process group with a deadline, reading its output as it comes (a
+/// full pipe never stalls it); returns its exit status (None: killed at the deadline) and
+/// stdout followed by stderr.
+pub fn run_status(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String) {
     use std::io::Read;
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -180,13 +193,10 @@ pub fn run_with_timeout(
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     };
     let text = format!("{}{}", reader.join().unwrap(), err_reader.join().unwrap());
-    match status {
-        Some(s) => (s.success(), text),
-        None => (false, format!("{text}\nTIMED OUT after {limit:?}")),
-    }
+    (status, text)
 }
 
 use std::os::unix::process::CommandExt as _;

@@ -179,7 +179,8 @@ fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), Fail> {
     let found = rows.iter().find(|r| r.shm_name == arena).cloned();
     let row = match found {
         Some(row) => row,
-        None if by_name => {
+        // Not an arena name here: a file of that name in the current directory is inspected.
+        None if by_name && wanted.symlink_metadata().is_err() => {
             return Err(Fail::Failed(format!(
                 "no arena {:?} in {} nor mapped by a live process (see `nodeshm ls`)",
                 esc(arena),
@@ -188,6 +189,12 @@ fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), Fail> {
         }
         // A path: opened like any file we did not create, and read, never followed or mapped.
         None => {
+            let wanted = if by_name {
+                Path::new(".").join(wanted)
+            } else {
+                wanted.to_path_buf()
+            };
+            let wanted = wanted.as_path();
             let parent = wanted.parent().filter(|p| !p.as_os_str().is_empty());
             let parent = scan::Dir::open(parent.unwrap_or(Path::new(".")))
                 .map_err(|e| Fail::Failed(format!("{}: {e}", esc(arena))))?;
