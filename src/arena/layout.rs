@@ -67,7 +67,9 @@ pub struct Header {
     pub unlinked: u32,
     /// With the after-attach policy: attachers (besides the creator) to wait for.
     pub expected_peers: u32,
-    pub _reserved: u32,
+    /// Set (to 1) when a recovery found the undo log damaged: the metadata cannot be trusted,
+    /// and every later locker gets `Corrupted` instead of working on it.
+    pub damaged: u32,
     pub recoveries: u64,
     pub meta: Meta,
     pub undo_len: u64,
@@ -121,6 +123,7 @@ pub const USER_LOCK: u64 = off!(user_lock);
 pub const LOCK_HOLDER: u64 = off!(lock_holder_pid);
 pub const UNLINKED: u64 = off!(unlinked);
 pub const EXPECTED_PEERS: u64 = off!(expected_peers);
+pub const DAMAGED: u64 = off!(damaged);
 pub const RECOVERIES: u64 = off!(recoveries);
 pub const USED: u64 = off!(meta.used);
 pub const LIVE_BLOCKS: u64 = off!(meta.live_blocks);

@@ -74,6 +74,7 @@ pub(crate) unsafe fn lock(
         match unsafe { libc::pthread_mutex_trylock(m) } {
             0 => return Ok(Acquired::Clean),
             libc::EOWNERDEAD => return Ok(Acquired::OwnerDied),
+            libc::ENOTRECOVERABLE => return Err(unrecoverable(what)),
             _ if round < 48 => (0..(1u32 << (round / 8))).for_each(|_| std::hint::spin_loop()),
             _ => std::thread::yield_now(),
         }
@@ -95,15 +96,19 @@ pub(crate) unsafe fn lock(
                 holder()
             ),
         }),
-        libc::ENOTRECOVERABLE => Err(Error::Corrupted(format!(
-            "the {what} is unrecoverable (a previous owner died and the repair did not finish); \
-             recreate the arena"
-        ))),
+        libc::ENOTRECOVERABLE => Err(unrecoverable(what)),
         rc => Err(Error::io(
             format!("locking the {what}"),
             std::io::Error::from_raw_os_error(rc),
         )),
     }
+}
+
+fn unrecoverable(what: &str) -> Error {
+    Error::Corrupted(format!(
+        "the {what} is unrecoverable (a previous owner died and the repair did not finish); \
+         recreate the arena"
+    ))
 }
 
 /// Marks a mutex consistent after its dead owner's damage was repaired.

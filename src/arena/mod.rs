@@ -464,7 +464,9 @@ impl Arena {
 
     fn count_attach(&self) -> Result<()> {
         let count = self.region.word32(l::ATTACH_COUNT);
-        let now = count.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let now = count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            .wrapping_add(1);
         if let Unlink::AfterAttach { peers } = self.info().unlink {
             if now > peers {
                 self.unlink()?;
@@ -497,13 +499,33 @@ impl Arena {
             // SAFETY: this thread took the lock above.
             unsafe { lock::unlock(m) }
         });
+        let damaged = || {
+            Error::Corrupted(
+                "a process that died holding the arena lock left an undo log that fails its \
+                 checks, so the heap and directory cannot be trusted; recreate the arena"
+                    .into(),
+            )
+        };
         if how == Acquired::OwnerDied {
-            // A log that fails its checks is damage: the mutex stays inconsistent, so every
-            // later locker gets the same `Corrupted` error instead of working on bad metadata.
-            r.roll_back()?;
-            r.store(l::RECOVERIES, r.header(l::RECOVERIES).wrapping_add(1))?;
-            // SAFETY: we hold the mutex after EOWNERDEAD and just undid the dead owner's update.
+            let rolled_back = r.roll_back();
+            // The lock itself is made usable again either way; a log that fails its checks is
+            // damage, recorded so that every later locker gets the same error instead of
+            // working on bad metadata.
+            if rolled_back.is_err() {
+                r.word32(l::DAMAGED)
+                    .store(1, std::sync::atomic::Ordering::Release);
+            } else {
+                r.store(l::RECOVERIES, r.header(l::RECOVERIES).wrapping_add(1))?;
+            }
+            // SAFETY: we hold the mutex after EOWNERDEAD and dealt with the dead owner's update.
             unsafe { lock::make_consistent(m) };
+            rolled_back?;
+        }
+        if r.word32(l::DAMAGED)
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+        {
+            return Err(damaged());
         }
         r.word32(l::LOCK_HOLDER)
             .store(self.pid, std::sync::atomic::Ordering::Release);
@@ -932,7 +954,7 @@ impl Drop for Arena {
             .region
             .word32(l::ATTACH_COUNT)
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            - 1;
+            .wrapping_sub(1);
         let unlink = match self.info().unlink {
             Unlink::OnLastDetach => remaining == 0,
             // The creator never leaves a name behind that peers failed to attach to.

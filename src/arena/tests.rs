@@ -373,3 +373,81 @@ fn persisted_blocks_outlive_the_handle() {
     );
     again.unlink().unwrap();
 }
+
+/// A crafted undo log that would restore words inside the lock (a write-what-where for anyone
+/// who can make the lock look abandoned) is refused as a whole: nothing is written, the caller
+/// gets `Corrupted`, and so does every later locker.
+#[test]
+fn an_undo_log_pointing_into_the_lock_is_refused() {
+    let dir = TempDir::new();
+    let arena = Arena::create(
+        "u",
+        &dir.options(1 << 20)
+            .lock_timeout(std::time::Duration::from_millis(200)),
+    )
+    .unwrap();
+    let keep = arena.allocate("kept", 64).unwrap();
+    let r = arena.region;
+    let heap_word = keep.offset();
+    // A valid first entry, then one aimed at the mutex.
+    r.store(l::UNDO_ENTRIES, heap_word).unwrap();
+    r.store(l::UNDO_ENTRIES + 8, 0xdead).unwrap();
+    r.store(l::UNDO_ENTRIES + 16, l::LOCK + 16).unwrap();
+    r.store(l::UNDO_ENTRIES + 24, 0x4141_4141).unwrap();
+    r.store(l::UNDO_LEN, 2).unwrap();
+    let lock_before: Vec<u64> = (0..8).map(|i| r.header(l::LOCK + i * 8)).collect();
+    let err = r.roll_back().unwrap_err();
+    assert_eq!(err.code(), crate::ErrorCode::Corrupted, "{err}");
+    assert!(err.to_string().contains("no update changes"), "{err}");
+    let lock_after: Vec<u64> = (0..8).map(|i| r.header(l::LOCK + i * 8)).collect();
+    assert_eq!(lock_before, lock_after, "the mutex was written");
+    assert_ne!(
+        r.load(heap_word).unwrap(),
+        0xdead,
+        "a valid entry was applied anyway"
+    );
+    // The same through the lock: a holder that "died" (FUTEX_OWNER_DIED in the lock word).
+    // SAFETY: test only; the lock word is the first u32 of glibc's mutex, no thread holds it.
+    unsafe {
+        let word = arena.mutex(l::LOCK).cast::<std::sync::atomic::AtomicU32>();
+        (*word).store(0x4000_0000, std::sync::atomic::Ordering::SeqCst);
+    }
+    for _ in 0..2 {
+        let err = arena.find("kept").unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Corrupted, "{err}");
+    }
+    assert_eq!(r.header(l::LOCK + 16), lock_before[2]);
+    assert_eq!(
+        arena.stats().unwrap_err().code(),
+        crate::ErrorCode::Corrupted
+    );
+    drop(arena); // releasing what it holds fails quietly; the handle still goes
+}
+
+/// An update may write only heap metadata, directory and heap words.
+#[test]
+fn updates_cannot_write_locks_or_geometry() {
+    let dir = TempDir::new();
+    let arena = Arena::create("w", &dir.options(1 << 20)).unwrap();
+    let r = arena.region;
+    for off in [
+        l::LOCK,
+        l::USER_LOCK + 8,
+        l::BUCKET_COUNT,
+        l::HEAP_END,
+        l::UNDO_LEN,
+        l::SIZE,
+    ] {
+        let mut tx = Tx::begin(&r);
+        let err = tx.set(off, 1).unwrap_err();
+        assert_eq!(
+            err.code(),
+            crate::ErrorCode::Corrupted,
+            "offset {off}: {err}"
+        );
+    }
+    let mut tx = Tx::begin(&r);
+    tx.set(l::USED, r.header(l::USED)).unwrap();
+    tx.commit();
+    arena.verify().unwrap();
+}
