@@ -154,6 +154,19 @@ fn role_basic() {
         .make_resource("SHARED::zero", Traits::new(0))
         .unwrap_err();
     assert_eq!(zero.code(), ErrorCode::InvalidArgument, "{zero}");
+    let nul = rm
+        .make_resource("SHARED::a\0b", Traits::new(1 << 20))
+        .unwrap_err();
+    assert_eq!(nul.code(), ErrorCode::InvalidName, "{nul}");
+    let huge = rm
+        .make_resource("SHARED::huge", Traits::new(u64::MAX))
+        .unwrap_err();
+    assert_eq!(huge.code(), ErrorCode::InvalidArgument, "{huge}");
+    assert!(huge.to_string().contains("128.0 TiB"), "{huge}");
+    let open = rm
+        .make_resource("SHARED::open", Traits::new(1 << 20).mode(0o4777))
+        .unwrap_err();
+    assert_eq!(open.code(), ErrorCode::InvalidArgument, "{open}");
 
     // The arena's name is gone once all ranks attached (default unlink policy).
     assert!(
