@@ -18,15 +18,20 @@ section "format and lints (Open MPI)"
 (
     source scripts/mpi-env.sh
     cargo fmt --all -- --check
-    cargo clippy --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets -- -D warnings
     # The arena layer (and the command line) must build without MPI and hwloc.
-    cargo clippy --no-default-features --lib --bins -- -D warnings
+    cargo clippy --workspace --no-default-features --lib --bins -- -D warnings
+    # A library user compiles only what the library needs: no command-line crates.
+    if cargo tree -p nodeshm -e normal | grep -E ' (clap|serde_json) '; then
+        echo "the library depends on command-line crates" >&2
+        exit 1
+    fi
 )
 
 section "every test under Open MPI + mpirun"
 (
     source scripts/mpi-env.sh
-    cargo test --all-targets
+    cargo test --workspace --all-targets
 )
 
 section "lints and MPI tests under MPICH + mpirun (target/mpich)"

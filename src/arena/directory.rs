@@ -202,6 +202,7 @@ pub(crate) fn remove(tx: &mut Tx, entry: u64) -> Result<()> {
 
 /// One named block as the directory sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct EntryInfo {
     /// The block's name.
     pub name: String,

@@ -58,6 +58,7 @@ use region::{Mem, Region, Tx};
 /// `nodeshm_stats_t`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     /// Bytes the heap can hand out in total (the arena minus header and directory).
     pub capacity: u64,
@@ -79,6 +80,7 @@ pub struct Stats {
 
 /// What an arena's header says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ArenaInfo {
     pub layout_version: u32,
     pub size: u64,

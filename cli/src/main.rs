@@ -220,55 +220,17 @@ fn stat(dir: &Path, arena: &str, json: bool) -> Result<(), Fail> {
         #[derive(Serialize)]
         struct Stat<'a> {
             arena: &'a scan::Row,
-            layout_version: u32,
-            unlink_policy: String,
-            unlinked: bool,
-            attach_count: u32,
-            created_unix_secs: u64,
-            placement: &'a str,
-            capacity: u64,
-            used: u64,
-            free: u64,
-            largest_free: u64,
-            high_water: u64,
-            requested: u64,
-            recoveries: u64,
-            blocks: Vec<Block<'a>>,
+            info: &'a nodeshm::arena::ArenaInfo,
+            stats: &'a nodeshm::arena::Stats,
+            blocks: &'a [nodeshm::arena::EntryInfo],
             blocks_truncated: bool,
             damage: Option<&'a str>,
         }
-        #[derive(Serialize)]
-        struct Block<'a> {
-            name: &'a str,
-            offset: u64,
-            size: u64,
-            refcount: u64,
-        }
         print_json(&Stat {
             arena: row,
-            layout_version: i.info.layout_version,
-            unlink_policy: i.info.unlink.to_string(),
-            unlinked: !row.named,
-            attach_count: i.info.attach_count,
-            created_unix_secs: i.info.created_unix_secs,
-            placement: &i.info.placement,
-            capacity: i.stats.capacity,
-            used: i.stats.used,
-            free: i.stats.free,
-            largest_free: i.stats.largest_free,
-            high_water: i.stats.high_water,
-            requested: i.stats.requested,
-            recoveries: i.stats.recoveries,
-            blocks: i
-                .entries
-                .iter()
-                .map(|e| Block {
-                    name: &e.name,
-                    offset: e.offset,
-                    size: e.size,
-                    refcount: e.refcount,
-                })
-                .collect(),
+            info: &i.info,
+            stats: &i.stats,
+            blocks: &i.entries,
             blocks_truncated: i.truncated,
             damage: i.damage.as_deref(),
         });

@@ -1,6 +1,7 @@
 //! The `nodeshm` command line against real arenas made by test processes: live, idle, unlinked
 //! and held, orphaned by a killed creator, and a foreign file.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -162,11 +163,13 @@ fn ls_stat_gc_on_real_arenas() {
         names.contains(&"alpha") && names.contains(&"beta"),
         "{stat:#}"
     );
-    assert_eq!(stat["layout_version"], 1);
+    assert_eq!(stat["info"]["layout_version"], 1);
+    assert_eq!(stat["stats"]["live_blocks"], 2);
     let stat = json(&dir, &["stat", "nodeshm-cli-unlinked", "--json"]);
     assert_eq!(stat["blocks"][0]["name"], "held-block");
     assert_eq!(stat["blocks"][0]["size"], 5000);
-    assert_eq!(stat["unlinked"], true);
+    assert_eq!(stat["info"]["unlinked"], true);
+    assert_eq!(stat["arena"]["named"], false);
     let (code, text, _) = nodeshm(&dir, &["stat", "nodeshm-cli-live"]);
     assert_eq!(code, 0);
     assert!(
@@ -213,7 +216,7 @@ fn ls_stat_gc_on_real_arenas() {
 }
 
 fn topo_honours_hwloc_xmlfile() {
-    let xml = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/topologies/two-packages.xml");
+    let xml = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/topologies/two-packages.xml");
     let out = Command::new(bin())
         .args(["topo", "--json"])
         .env("HWLOC_XMLFILE", &xml)

@@ -4,6 +4,7 @@
 //! spelled another way, a non-arena given to `stat`, a damaged arena, and 1,000 arenas at once.
 //! Every command must finish in bounded time with a clear result, and never by a signal.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
