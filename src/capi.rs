@@ -64,10 +64,10 @@ fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
 /// call after `MPI_Finalize` is an error instead of an abort inside MPI.
 fn mpi_running() -> Result<()> {
     if mpi::environment::is_finalized() {
-        return Err(Error::MpiFinalized("finalized"));
+        return Err(Error::MpiFinalized("finalized".into()));
     }
     if !mpi::environment::is_initialized() {
-        return Err(Error::MpiFinalized("not initialised"));
+        return Err(Error::MpiFinalized("not initialised".into()));
     }
     Ok(())
 }

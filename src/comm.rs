@@ -9,7 +9,7 @@ use mpi::collective::SystemOperation;
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result, Wire};
 
 /// A communicator this library owns. Freed on drop, unless MPI is already finalized (freeing
 /// then would abort the job), in which case the handle is simply forgotten.
@@ -99,8 +99,9 @@ fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String 
 /// Agrees on the outcome of a step every rank did locally. Collective over `comm`.
 ///
 /// If every rank succeeded, returns each rank's own value. Otherwise every rank returns the
-/// same [`Error::Collective`] carrying the error of the lowest failing rank (its code and
-/// message) and how many ranks failed; successful values are dropped.
+/// same [`Error::Collective`] carrying the error of the lowest failing rank, with its variant
+/// and fields (the original on that rank, a copy on the others), and how many ranks failed;
+/// successful values are dropped. One reduction when all went well.
 pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
     let rank = comm.rank();
     let mine = if local.is_err() { rank } else { i32::MAX };
@@ -112,24 +113,36 @@ pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
     let failed_here = i32::from(local.is_err());
     let mut failed = 0i32;
     comm.all_reduce_into(&failed_here, &mut failed, SystemOperation::sum());
-    let (mut code, text) = match &local {
-        Err(e) if rank == first => (e.code() as i32, e.to_string()),
-        _ => (0, String::new()),
+    let wire = match &local {
+        Err(e) if rank == first => Wire::of(e),
+        _ => Wire::default(),
     };
-    comm.process_at_rank(first).broadcast_into(&mut code);
-    let message = broadcast_string(comm, first, &text);
-    let code = ErrorCode::from_i32(code).unwrap_or(ErrorCode::Mpi);
-    // A rank whose own error was already collective keeps that (it names the original rank).
-    if let Err(e @ Error::Collective { .. }) = local {
-        if rank == first {
-            return Err(e);
-        }
+    let mut count = wire.nums.len() as u64;
+    comm.process_at_rank(first).broadcast_into(&mut count);
+    let mut nums = wire.nums.clone();
+    nums.resize(count as usize, 0);
+    if count > 0 {
+        comm.process_at_rank(first).broadcast_into(&mut nums[..]);
     }
+    let joined = wire
+        .strs
+        .iter()
+        .map(|s| s.replace('\0', "\u{fffd}"))
+        .collect::<Vec<_>>()
+        .join("\0");
+    let joined = broadcast_string(comm, first, &joined);
+    let source = match local {
+        Err(e) if rank == first => e,
+        _ => Wire {
+            nums,
+            strs: joined.split('\0').map(str::to_string).collect(),
+        }
+        .decode(),
+    };
     Err(Error::Collective {
         rank: first,
         failed_ranks: failed,
-        code,
-        message,
+        source: Box::new(source),
     })
 }
 

@@ -180,15 +180,21 @@ pub enum Error {
 
     /// An MPI call was asked for while MPI is not running.
     #[error("MPI is {0}: call nodeshm between MPI_Init and MPI_Finalize (release allocators and managers before MPI_Finalize)")]
-    MpiFinalized(&'static str),
+    MpiFinalized(String),
 
-    /// An error that happened on one rank of a collective call and is returned on every rank.
-    #[error("{message} (on rank {rank}{})", if *failed_ranks > 1 { format!(" and {} other rank(s)", failed_ranks - 1) } else { String::new() })]
+    /// An error that happened on one rank of a collective call and is returned on every rank:
+    /// `source` is that error with its variant and fields (the original on the rank where it
+    /// happened, a copy sent from there on the others), so every rank can match on it, e.g.
+    /// `Err(Error::Collective { source, .. }) if matches!(*source, Error::NoSpaceInBacking { .. })`
+    /// or simply `e.root()`.
+    #[error("{source} (on rank {rank}{})", if *failed_ranks > 1 { format!(" and {} other rank(s)", failed_ranks - 1) } else { String::new() })]
     Collective {
+        /// The lowest rank (of the communicator of the call) that failed.
         rank: i32,
+        /// How many ranks failed.
         failed_ranks: i32,
-        code: ErrorCode,
-        message: String,
+        /// What went wrong there.
+        source: Box<Error>,
     },
 }
 
@@ -215,7 +221,15 @@ impl Error {
             Error::Internal(_) => ErrorCode::Internal,
             Error::Untrusted { .. } => ErrorCode::Untrusted,
             Error::MpiFinalized(_) => ErrorCode::MpiFinalized,
-            Error::Collective { code, .. } => *code,
+            Error::Collective { source, .. } => source.code(),
+        }
+    }
+
+    /// The error itself, beneath any [`Error::Collective`] wrapping.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Collective { source, .. } => source.root(),
+            e => e,
         }
     }
 
@@ -229,3 +243,286 @@ impl Error {
 
 /// nodeshm's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error as numbers and strings, to send it to other ranks (the only place that knows the
+/// encoding: `encode` and `decode` below mirror each other variant by variant).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Wire {
+    pub nums: Vec<u64>,
+    pub strs: Vec<String>,
+}
+
+/// `nums[0]` of a wrapped collective error.
+const WIRE_COLLECTIVE: u64 = u64::MAX;
+
+impl Wire {
+    pub(crate) fn of(e: &Error) -> Wire {
+        let mut w = Wire::default();
+        w.encode(e);
+        w
+    }
+
+    fn encode(&mut self, e: &Error) {
+        let (nums, strs): (&[u64], Vec<String>) = match e {
+            Error::Collective {
+                rank,
+                failed_ranks,
+                source,
+            } => {
+                self.nums
+                    .extend([WIRE_COLLECTIVE, *rank as u64, *failed_ranks as u64]);
+                return self.encode(source);
+            }
+            Error::InvalidName { name, reason } => (&[], vec![name.clone(), reason.clone()]),
+            Error::SizeMismatch {
+                name,
+                existing,
+                requested,
+            } => (&[*existing, *requested], vec![name.clone()]),
+            Error::OutOfSpace {
+                requested,
+                largest_free,
+                free,
+                capacity,
+            } => (&[*requested, *largest_free, *free, *capacity], vec![]),
+            Error::NotHeld { what, detail } => (&[], vec![what.clone(), detail.clone()]),
+            Error::Timeout { what, waited, hint } => (
+                &[waited.as_nanos().min(u64::MAX as u128) as u64],
+                vec![what.clone(), hint.clone()],
+            ),
+            Error::NotAnArena { path, reason } | Error::Incompatible { path, reason } => {
+                (&[], vec![path.display().to_string(), reason.clone()])
+            }
+            Error::NoSpaceInBacking {
+                dir,
+                requested,
+                available,
+            } => (&[*requested, *available], vec![dir.display().to_string()]),
+            Error::Io { what, source } => (
+                &[source.raw_os_error().map_or(u64::MAX, |c| c as u64)],
+                vec![what.clone(), source.to_string()],
+            ),
+            Error::Untrusted {
+                path,
+                owner,
+                group,
+                uid,
+            } => (
+                &[*owner as u64, *group as u64, *uid as u64],
+                vec![path.display().to_string()],
+            ),
+            Error::InvalidArgument(s)
+            | Error::AlreadyExists(s)
+            | Error::Binding(s)
+            | Error::Mpi(s)
+            | Error::Unsupported(s)
+            | Error::Corrupted(s)
+            | Error::Placement(s)
+            | Error::Internal(s)
+            | Error::MpiFinalized(s) => (&[], vec![s.clone()]),
+        };
+        // Fixed arity per variant: a count makes decoding independent of the variant list.
+        self.nums.push(e.code() as u64);
+        self.nums.push(nums.len() as u64);
+        self.nums.extend_from_slice(nums);
+        self.nums.push(strs.len() as u64);
+        self.strs.extend(strs);
+    }
+
+    /// Rebuilds the error. Never panics: missing parts read as 0 and "".
+    pub(crate) fn decode(&self) -> Error {
+        let mut nums = self.nums.iter().copied();
+        let mut strs = self.strs.iter().cloned();
+        Self::decode_from(&mut nums, &mut strs, 0)
+    }
+
+    fn decode_from(
+        nums: &mut impl Iterator<Item = u64>,
+        strs: &mut impl Iterator<Item = String>,
+        depth: u32,
+    ) -> Error {
+        let mut first = nums.next().unwrap_or(0);
+        if first == WIRE_COLLECTIVE && depth < 8 {
+            let rank = nums.next().unwrap_or(0) as i32;
+            let failed_ranks = nums.next().unwrap_or(0) as i32;
+            let source = Self::decode_from(nums, strs, depth + 1);
+            return Error::Collective {
+                rank,
+                failed_ranks,
+                source: Box::new(source),
+            };
+        }
+        if first == WIRE_COLLECTIVE {
+            first = 0;
+        }
+        let count = nums.next().unwrap_or(0).min(8);
+        let n: Vec<u64> = (0..count).map(|_| nums.next().unwrap_or(0)).collect();
+        let count = nums.next().unwrap_or(0).min(8);
+        let t: Vec<String> = (0..count)
+            .map(|_| strs.next().unwrap_or_default())
+            .collect();
+        let num = |i: usize| n.get(i).copied().unwrap_or(0);
+        let text = |i: usize| t.get(i).cloned().unwrap_or_default();
+        use ErrorCode as C;
+        match ErrorCode::from_i32(first as i32).unwrap_or(C::Internal) {
+            C::InvalidArgument => Error::InvalidArgument(text(0)),
+            C::InvalidName => Error::InvalidName {
+                name: text(0),
+                reason: text(1),
+            },
+            C::SizeMismatch => Error::SizeMismatch {
+                name: text(0),
+                existing: num(0),
+                requested: num(1),
+            },
+            C::OutOfSpace => Error::OutOfSpace {
+                requested: num(0),
+                largest_free: num(1),
+                free: num(2),
+                capacity: num(3),
+            },
+            C::NotHeld => Error::NotHeld {
+                what: text(0),
+                detail: text(1),
+            },
+            C::Timeout => Error::Timeout {
+                what: text(0),
+                waited: Duration::from_nanos(num(0)),
+                hint: text(1),
+            },
+            C::NotAnArena => Error::NotAnArena {
+                path: text(0).into(),
+                reason: text(1),
+            },
+            C::Incompatible => Error::Incompatible {
+                path: text(0).into(),
+                reason: text(1),
+            },
+            C::NoSpaceInBacking => Error::NoSpaceInBacking {
+                dir: text(0).into(),
+                requested: num(0),
+                available: num(1),
+            },
+            C::Io => Error::Io {
+                what: text(0),
+                source: match i32::try_from(num(0)) {
+                    Ok(code) => std::io::Error::from_raw_os_error(code),
+                    Err(_) => std::io::Error::other(text(1)),
+                },
+            },
+            C::AlreadyExists => Error::AlreadyExists(text(0)),
+            C::Binding => Error::Binding(text(0)),
+            C::Mpi => Error::Mpi(text(0)),
+            C::Unsupported => Error::Unsupported(text(0)),
+            C::Corrupted => Error::Corrupted(text(0)),
+            C::Placement => Error::Placement(text(0)),
+            C::Internal => Error::Internal(text(0)),
+            C::Untrusted => Error::Untrusted {
+                path: text(0).into(),
+                owner: num(0) as u32,
+                group: num(1) as u32,
+                uid: num(2) as u32,
+            },
+            C::MpiFinalized => Error::MpiFinalized(text(0)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant survives the trip to another rank with its fields (compared by message,
+    /// which shows every field, and by code).
+    #[test]
+    fn errors_cross_the_wire_with_their_fields() {
+        let all = [
+            Error::InvalidArgument("x".into()),
+            Error::InvalidName {
+                name: "a b".into(),
+                reason: "r".into(),
+            },
+            Error::SizeMismatch {
+                name: "t".into(),
+                existing: 64,
+                requested: 128,
+            },
+            Error::OutOfSpace {
+                requested: 1,
+                largest_free: 2,
+                free: 3,
+                capacity: 4,
+            },
+            Error::NotHeld {
+                what: "w".into(),
+                detail: "d".into(),
+            },
+            Error::Timeout {
+                what: "w".into(),
+                waited: Duration::from_millis(1500),
+                hint: "h".into(),
+            },
+            Error::NotAnArena {
+                path: "/dev/shm/x".into(),
+                reason: "r".into(),
+            },
+            Error::Incompatible {
+                path: "/p".into(),
+                reason: "r".into(),
+            },
+            Error::NoSpaceInBacking {
+                dir: "/dev/shm".into(),
+                requested: 1 << 30,
+                available: 5,
+            },
+            Error::io("opening", std::io::Error::from_raw_os_error(13)),
+            Error::AlreadyExists("a".into()),
+            Error::Binding("b".into()),
+            Error::Mpi("m".into()),
+            Error::Unsupported("u".into()),
+            Error::Corrupted("c".into()),
+            Error::Placement("p".into()),
+            Error::Internal("i".into()),
+            Error::Untrusted {
+                path: "/p".into(),
+                owner: 1,
+                group: 2,
+                uid: 3,
+            },
+            Error::MpiFinalized("finalized".into()),
+            Error::Collective {
+                rank: 3,
+                failed_ranks: 2,
+                source: Box::new(Error::SizeMismatch {
+                    name: "n".into(),
+                    existing: 1,
+                    requested: 2,
+                }),
+            },
+        ];
+        for e in &all {
+            let back = Wire::of(e).decode();
+            assert_eq!(back.to_string(), e.to_string());
+            assert_eq!(back.code(), e.code());
+        }
+        let nested = Wire::of(&all[2]).decode();
+        assert!(matches!(
+            nested,
+            Error::SizeMismatch {
+                existing: 64,
+                requested: 128,
+                ..
+            }
+        ));
+        assert_eq!(
+            Wire {
+                nums: vec![99, 5],
+                strs: vec![]
+            }
+            .decode()
+            .code(),
+            ErrorCode::Internal
+        );
+        assert_eq!(Wire::default().decode().code(), ErrorCode::Internal);
+    }
+}

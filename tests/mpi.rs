@@ -441,6 +441,22 @@ fn role_full() {
         .make_resource("SHARED::full", Traits::new(64 << 20).dir(&dir))
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::NoSpaceInBacking, "{err}");
+    // Every rank can match the typed error with its fields, not only the rank where it happened.
+    match (&err, err.root()) {
+        (
+            nodeshm::Error::Collective { rank: 0, .. },
+            nodeshm::Error::NoSpaceInBacking {
+                requested,
+                available,
+                dir: where_,
+            },
+        ) => {
+            assert_eq!(*requested, 64 << 20);
+            assert!(*available <= 16 << 20, "{available}");
+            assert_eq!(where_, std::path::Path::new(&dir));
+        }
+        _ => panic!("not a typed NoSpaceInBacking from rank 0: {err:?}"),
+    }
     assert!(
         err.to_string().contains("64.0 MiB") && err.to_string().contains("on rank 0"),
         "{err}"

@@ -6,7 +6,11 @@ use std::time::Duration;
 /// When the arena's name disappears from the backing directory. Mappings stay valid either way;
 /// the memory is freed by the kernel when the name is gone and the last mapping is unmapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Unlink {
     /// As soon as `peers` processes besides the creator have attached (the last of them unlinks;
     /// with 0 the creator unlinks right after creating). From then on a crash of any process
