@@ -168,6 +168,35 @@ fn role_basic() {
         .unwrap_err();
     assert_eq!(open.code(), ErrorCode::InvalidArgument, "{open}");
 
+    // Dropping the last handle frees the allocator: its arena goes, and the name can be made
+    // again (new shm objects), on every rank.
+    let once = rm
+        .make_resource(
+            "SHARED::again",
+            Traits::new(4 << 20).unlink(nodeshm::UnlinkPolicy::OnLastDetach),
+        )
+        .unwrap();
+    let first_path = once.shm_path().to_path_buf();
+    let handle = rm
+        .get_allocator("SHARED::again")
+        .expect("found while alive");
+    assert!(first_path.exists());
+    drop((once, handle));
+    world.barrier();
+    assert!(
+        !first_path.exists(),
+        "{} outlived every handle",
+        first_path.display()
+    );
+    assert!(rm.get_allocator("SHARED::again").is_none());
+    assert!(!rm.allocators().contains(&"SHARED::again".to_string()));
+    let twice = rm
+        .make_resource("SHARED::again", Traits::new(4 << 20))
+        .unwrap();
+    assert_ne!(twice.shm_path(), first_path);
+    assert_eq!(twice.traits().size, 4 << 20);
+    drop(twice);
+
     // The arena's name is gone once all ranks attached (default unlink policy).
     assert!(
         !alloc.shm_path().exists(),

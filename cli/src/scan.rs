@@ -15,6 +15,7 @@ use nix::libc;
 use nix::sys::stat::Mode;
 use nodeshm::arena::{
     checked_regular, inspect, open_for_reading, process_start_time, Inspected, Inspection,
+    SHM_PREFIX,
 };
 use serde::Serialize;
 
@@ -71,7 +72,7 @@ impl Dir {
         )
     }
 
-    /// The names in the directory starting with "nodeshm".
+    /// The names in the directory starting with the nodeshm prefix.
     fn names(&self) -> Vec<String> {
         use std::os::fd::AsRawFd;
         // Listed through our descriptor, so a directory renamed meanwhile is still this one.
@@ -80,7 +81,7 @@ impl Dir {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("nodeshm"))
+                    .filter(|n| n.starts_with(SHM_PREFIX))
                     .collect()
             })
             .unwrap_or_default()
@@ -106,7 +107,7 @@ fn parse_dev(text: &str) -> Option<u64> {
     Some(libc::makedev(major, minor))
 }
 
-/// Every process's mappings of files named nodeshm* on the backing directory's file system.
+/// Every process's mappings of files named with the nodeshm prefix on the backing directory's file system.
 fn mappings(dir: &Dir) -> Vec<Mapping> {
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -145,7 +146,7 @@ fn mappings(dir: &Dir) -> Vec<Mapping> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if dev == dir.dev && name.starts_with("nodeshm") && seen.insert(inode) {
+            if dev == dir.dev && name.starts_with(SHM_PREFIX) && seen.insert(inode) {
                 out.push(Mapping {
                     pid,
                     id: (dev, inode),

@@ -45,7 +45,7 @@ pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
 pub use options::{HugePages, Options, Unlink};
 pub use shm::{
     backing_dir, backing_kind, backing_space, checked_regular, file_kind, open_for_reading,
-    process_start_time, BackingKind, DEFAULT_SHM_DIR, SHM_DIR_ENV,
+    process_start_time, BackingKind, DEFAULT_SHM_DIR, SHM_DIR_ENV, SHM_PREFIX,
 };
 
 use crate::error::{Error, Result};

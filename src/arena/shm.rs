@@ -12,6 +12,10 @@ use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
 
+/// Every shm object nodeshm makes is named with this prefix, so that anyone listing
+/// `/dev/shm` recognises them; the command line lists exactly these names.
+pub const SHM_PREFIX: &str = "nodeshm";
+
 /// Environment variable that overrides the default backing directory.
 pub const SHM_DIR_ENV: &str = "NODESHM_SHM_DIR";
 /// The default backing directory.

@@ -8,7 +8,7 @@ mod traits;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use mpi::traits::*;
 pub use allocator::{Allocator, SharedSlice};
 pub use traits::{Traits, UnlinkPolicy};
 
-use crate::arena::{Arena, HugePages, Options, Unlink};
+use crate::arena::{Arena, HugePages, Options, Unlink, SHM_PREFIX};
 use crate::comm::{self, OwnedComm};
 use crate::error::{Error, Result};
 use crate::placement;
@@ -28,9 +28,23 @@ use crate::topology::{ScopeInstance, Topology};
 /// Prefix every allocator name carries (as in Umpire).
 pub const NAME_PREFIX: &str = "SHARED::";
 
-/// Builds and keeps the `SHARED::` allocators of one communicator.
+/// Environment variable whose value (letters, digits, `-`, `_`; at most 32) is added to every
+/// shm name the manager makes, e.g. a batch job id, so that a job's segments can be found
+/// with `ls /dev/shm | grep TAG` (test harnesses use it to check only their own names).
+pub const NAME_TAG_ENV: &str = "NODESHM_NAME_TAG";
+
+/// Builds the `SHARED::` allocators of one communicator and finds them again by name.
+///
+/// The manager does not keep allocators alive: it remembers them by name for
+/// [`ResourceManager::get_allocator`] while any handle exists, and an allocator whose last
+/// handle is dropped is gone (its arena unmapped, its communicator freed) and its name can be
+/// made again.
 pub struct ResourceManager {
-    allocators: RefCell<BTreeMap<String, Allocator>>,
+    allocators: RefCell<BTreeMap<String, Weak<allocator::Inner>>>,
+    /// How often each name was made: the same on every rank (make_resource is collective), so a
+    /// name made again gets shm objects of its own even while some rank still drops the old.
+    generations: RefCell<BTreeMap<String, u32>>,
+    name_tag: String,
     topology: Topology,
     job_token: u64,
     node: OwnedComm,
@@ -66,8 +80,11 @@ impl ResourceManager {
             &comm,
             Topology::load().map_err(|e| Error::Binding(format!("on {}: {e}", hostname()))),
         )?;
+        let name_tag = comm::agree(&comm, name_tag())?;
         Ok(ResourceManager {
             allocators: RefCell::new(BTreeMap::new()),
+            generations: RefCell::new(BTreeMap::new()),
+            name_tag,
             topology,
             job_token,
             node,
@@ -102,6 +119,11 @@ impl ResourceManager {
     /// traits; every rank returns the same error if they differ, if the name is taken or
     /// malformed, if a rank's CPU binding spans several scope instances, or if any leader fails
     /// to create (e.g. the backing directory is full) or any peer fails to attach.
+    ///
+    /// A name whose allocator was dropped on every rank can be made again (it gets new shm
+    /// objects). Dropping an allocator's last handle frees its communicator, which MPI defines
+    /// as collective over that communicator: drop it at the same point on every rank sharing
+    /// it, as you would call `MPI_Comm_free`.
     pub fn make_resource(&self, name: &str, traits: Traits) -> Result<Allocator> {
         let comm = &*self.comm;
         comm::check_same(
@@ -119,7 +141,13 @@ impl ResourceManager {
         let (instance, dir) = comm::agree(comm, local)?;
         let scope_comm = comm::split_by(&self.node, instance.index as i32)?;
         scope_comm.set_name(name);
-        let shm_name = self.shm_name(name, &instance);
+        let generation = {
+            let mut made = self.generations.borrow_mut();
+            let count = made.entry(name.to_string()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        let shm_name = self.shm_name(name, generation, &instance);
         let peers = scope_comm.size() as u32 - 1;
         let options = self.arena_options(name, &traits, &instance, peers, dir);
         let plan = placement::plan(&self.topology, &instance, traits.numa);
@@ -173,18 +201,25 @@ impl ResourceManager {
         }));
         self.allocators
             .borrow_mut()
-            .insert(name.to_string(), allocator.clone());
+            .insert(name.to_string(), Rc::downgrade(&allocator.0));
         Ok(allocator)
     }
 
-    /// The allocator made under `name`, if any (local, not collective).
+    /// A new handle to the allocator `name`, if one was made and a handle to it still exists
+    /// (local, not collective).
     pub fn get_allocator(&self, name: &str) -> Option<Allocator> {
-        self.allocators.borrow().get(name).cloned()
+        self.allocators
+            .borrow()
+            .get(name)
+            .and_then(Weak::upgrade)
+            .map(Allocator)
     }
 
-    /// Names of all allocators made so far, sorted.
+    /// Names of the allocators that exist (some handle is alive), sorted.
     pub fn allocators(&self) -> Vec<String> {
-        self.allocators.borrow().keys().cloned().collect()
+        let mut map = self.allocators.borrow_mut();
+        map.retain(|_, a| a.strong_count() > 0);
+        map.keys().cloned().collect()
     }
 
     /// Collective over the manager's communicator: every rank learns whether any rank's
@@ -194,9 +229,14 @@ impl ResourceManager {
         comm::agree(&self.comm, local)
     }
 
-    /// Forgets allocator `name` (the arena goes when every clone of it is dropped). Local.
+    /// Forgets allocator `name`, returning a handle to it if it still exists: `get_allocator`
+    /// no longer finds it, and the arena goes with the last handle. Local.
     pub fn remove_allocator(&self, name: &str) -> Option<Allocator> {
-        self.allocators.borrow_mut().remove(name)
+        self.allocators
+            .borrow_mut()
+            .remove(name)
+            .and_then(|w| w.upgrade())
+            .map(Allocator)
     }
 
     fn validate(&self, name: &str, traits: &Traits) -> Result<()> {
@@ -217,7 +257,7 @@ impl ResourceManager {
                 ),
             });
         }
-        if self.allocators.borrow().contains_key(name) {
+        if self.get_allocator(name).is_some() {
             return Err(Error::AlreadyExists(format!(
                 "allocator {name:?} (use get_allocator to reuse it)"
             )));
@@ -246,7 +286,7 @@ impl ResourceManager {
 
     /// `nodeshm.<uid>.<job token>.<allocator>.<scope><index>`: recognisable in /dev/shm, private
     /// to this user and job, one per scope instance.
-    fn shm_name(&self, name: &str, instance: &ScopeInstance) -> String {
+    fn shm_name(&self, name: &str, generation: u32, instance: &ScopeInstance) -> String {
         let short: String = name[NAME_PREFIX.len()..]
             .chars()
             .map(|c| {
@@ -261,9 +301,15 @@ impl ResourceManager {
         let digest = name.bytes().fold(0xcbf2_9ce4u32, |h, b| {
             (h ^ b as u32).wrapping_mul(0x0100_0193)
         });
+        let again = if generation > 1 {
+            format!(".{generation}")
+        } else {
+            String::new()
+        };
         format!(
-            "nodeshm.{}.{:016x}.{short}-{digest:08x}.{}{}",
+            "{SHM_PREFIX}.{}.{}{:016x}.{short}-{digest:08x}{again}.{}{}",
             nix::unistd::getuid(),
+            self.name_tag,
             self.job_token,
             instance.scope,
             instance.index
@@ -340,5 +386,27 @@ impl Drop for Fresh {
         if let Some(arena) = self.0.take() {
             let _ = arena.unlink();
         }
+    }
+}
+
+/// `NODESHM_NAME_TAG` as a name component ("" when unset), checked on every rank.
+fn name_tag() -> Result<String> {
+    match std::env::var(NAME_TAG_ENV) {
+        Err(_) => Ok(String::new()),
+        Ok(tag) if tag.is_empty() => Ok(String::new()),
+        Ok(tag)
+            if tag.len() <= 32
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Ok(format!("{tag}."))
+        }
+        Ok(tag) => Err(Error::InvalidName {
+            name: tag.chars().take(40).collect(),
+            reason: format!(
+                "{NAME_TAG_ENV} is added to shm names: use 1 to 32 letters, digits, '-' or '_'"
+            ),
+        }),
     }
 }

@@ -23,19 +23,34 @@ pub enum UnlinkPolicy {
 
 /// The traits of a `SHARED::` allocator. Every rank must pass equal traits to
 /// [`crate::ResourceManager::make_resource`] (checked).
+///
+/// Build them with the methods (`Traits::new(size).scope(Scope::Socket)`); read them through
+/// the public fields (`traits.scope`). `#[non_exhaustive]`: new traits may be added.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Traits {
-    pub(crate) size: u64,
-    pub(crate) scope: Scope,
-    pub(crate) unlink: UnlinkPolicy,
-    pub(crate) mode: u32,
-    pub(crate) dir: Option<PathBuf>,
-    pub(crate) attach_timeout: Duration,
-    pub(crate) lock_timeout: Duration,
-    pub(crate) expected_names: Option<u64>,
-    pub(crate) numa: NumaPolicy,
-    pub(crate) huge_pages: HugePages,
-    pub(crate) prefault: bool,
+    /// Arena size in bytes (rounded up to the page size; at least the minimum arena).
+    pub size: u64,
+    /// Which ranks share one arena.
+    pub scope: Scope,
+    /// When the shm name disappears.
+    pub unlink: UnlinkPolicy,
+    /// File mode of the shm objects (permission bits; owner read and write required).
+    pub mode: u32,
+    /// Backing directory (`None`: `$NODESHM_SHM_DIR`, else `/dev/shm`).
+    pub dir: Option<PathBuf>,
+    /// How long peers wait for their leader's arena.
+    pub attach_timeout: Duration,
+    /// How long any wait for an arena lock may take.
+    pub lock_timeout: Duration,
+    /// Names expected (directory size), if not derived from the size.
+    pub expected_names: Option<u64>,
+    /// NUMA placement of the arena's pages.
+    pub numa: NumaPolicy,
+    /// Huge pages.
+    pub huge_pages: HugePages,
+    /// Map every page in every rank at creation.
+    pub prefault: bool,
 }
 
 impl Traits {
@@ -119,21 +134,6 @@ impl Traits {
     pub fn prefault(mut self, prefault: bool) -> Self {
         self.prefault = prefault;
         self
-    }
-
-    /// Arena size asked for.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The scope.
-    pub fn get_scope(&self) -> Scope {
-        self.scope
-    }
-
-    /// The unlink policy.
-    pub fn get_unlink(&self) -> UnlinkPolicy {
-        self.unlink
     }
 
     /// What must be equal on every rank, as text (for the collective check and its message).
