@@ -32,6 +32,7 @@ section "every test under Open MPI + mpirun"
 (
     source scripts/mpi-env.sh
     cargo test --workspace --all-targets
+    cargo test --workspace --doc
 )
 
 section "lints and MPI tests under MPICH + mpirun (target/mpich)"

@@ -619,7 +619,10 @@ pub unsafe extern "C" fn nodeshm_lock(a: *const NodeshmAllocator, owner_died: *m
     guard(|| {
         // SAFETY: forwarded contract.
         let a = unsafe { handle(a, "allocator")? };
-        let died = a.0.arena().lock_user_raw(a.0.traits().lock_timeout)?;
+        let lock = a.0.arena().lock_user(a.0.traits().lock_timeout)?;
+        let died = lock.previous_owner_died();
+        // C holds no Rust borrow: the lock stays held until nodeshm_unlock.
+        lock.leak();
         if !owner_died.is_null() {
             // SAFETY: forwarded contract.
             unsafe { put(owner_died, c_int::from(died), "owner_died")? };
@@ -634,11 +637,11 @@ pub unsafe extern "C" fn nodeshm_lock(a: *const NodeshmAllocator, owner_died: *m
 /// `a` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn nodeshm_unlock(a: *const NodeshmAllocator) -> c_int {
-    // SAFETY: forwarded contract.
     guard(|| {
-        unsafe { handle(a, "allocator")? }
-            .0
-            .arena()
-            .unlock_user_raw()
+        // SAFETY: forwarded contract.
+        let a = unsafe { handle(a, "allocator")? };
+        // SAFETY: the C ABI never keeps a guard: a lock taken by nodeshm_lock was leaked, so
+        // no guard of this thread can unlock it again.
+        unsafe { a.0.arena().force_unlock_user() }
     })
 }

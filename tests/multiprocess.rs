@@ -136,6 +136,51 @@ fn role_halt_holding_lock() {
         .unwrap();
 }
 
+/// Child: takes the user lock and keeps it until killed.
+fn role_hold_user_lock() {
+    let arena = Arena::attach(&support::role_arg(), Duration::from_secs(10)).unwrap();
+    let _held = arena.lock_user(Duration::from_secs(10)).unwrap();
+    println!("locked");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// The user lock records its holder: a waiter that times out is told who holds it, and after the
+/// holder is killed the next locker gets it and learns that the holder died.
+fn user_lock_names_its_holder_and_survives_its_death() {
+    let name = unique("userlock");
+    let owner = Arena::create(&name, &Options::new(1 << 20)).unwrap();
+    let _cleanup = Unlinker(&name);
+    let mut child = spawn("hold_user_lock", &name);
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let err = owner.lock_user(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("held by pid {}", child.id())),
+        "{err}"
+    );
+    // Unlocking a lock this thread does not hold is an error, not a release.
+    // SAFETY: no guard of this thread holds the user lock.
+    let err = unsafe { owner.force_unlock_user() }.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotHeld, "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let guard = owner.lock_user(Duration::from_secs(10)).unwrap();
+    assert!(guard.previous_owner_died());
+    drop(guard);
+    let again = owner.lock_user(Duration::from_secs(1)).unwrap();
+    assert!(!again.previous_owner_died());
+    // A leaked guard is released by force_unlock_user on the same thread.
+    again.leak();
+    // SAFETY: the guard was leaked; no guard of this thread holds the lock.
+    unsafe { owner.force_unlock_user() }.unwrap();
+    drop(owner.lock_user(Duration::from_secs(1)).unwrap());
+}
+
 fn kill_9_while_holding_the_lock_recovers() {
     let name = unique("kill");
     let owner = Arena::create(
@@ -387,6 +432,7 @@ fn main() {
         &[
             ("same_names", role_same_names),
             ("halt_holding_lock", role_halt_holding_lock),
+            ("hold_user_lock", role_hold_user_lock),
         ],
         &[
             (
@@ -403,6 +449,10 @@ fn main() {
                 full_backing_directory_is_an_error_not_a_sigbus,
             ),
             ("unlink_policies", unlink_policies),
+            (
+                "user_lock_names_its_holder_and_survives_its_death",
+                user_lock_names_its_holder_and_survives_its_death,
+            ),
             ("nothing_left_in_dev_shm", nothing_left_in_dev_shm),
         ],
     );

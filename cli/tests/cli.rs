@@ -163,7 +163,10 @@ fn ls_stat_gc_on_real_arenas() {
         names.contains(&"alpha") && names.contains(&"beta"),
         "{stat:#}"
     );
-    assert_eq!(stat["info"]["layout_version"], 1);
+    assert_eq!(
+        stat["info"]["layout_version"],
+        nodeshm::arena::LAYOUT_VERSION
+    );
     assert_eq!(stat["stats"]["live_blocks"], 2);
     let stat = json(&dir, &["stat", "nodeshm-cli-unlinked", "--json"]);
     assert_eq!(stat["blocks"][0]["name"], "held-block");

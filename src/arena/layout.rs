@@ -14,7 +14,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -70,6 +70,9 @@ pub struct Header {
     /// Set (to 1) when a recovery found the undo log damaged: the metadata cannot be trusted,
     /// and every later locker gets `Corrupted` instead of working on it.
     pub damaged: u32,
+    /// Pid of the user lock's holder (0: free), told to those who time out waiting for it.
+    pub user_lock_holder_pid: u32,
+    pub _reserved: u32,
     pub recoveries: u64,
     pub meta: Meta,
     pub undo_len: u64,
@@ -124,6 +127,7 @@ pub const LOCK_HOLDER: u64 = off!(lock_holder_pid);
 pub const UNLINKED: u64 = off!(unlinked);
 pub const EXPECTED_PEERS: u64 = off!(expected_peers);
 pub const DAMAGED: u64 = off!(damaged);
+pub const USER_LOCK_HOLDER: u64 = off!(user_lock_holder_pid);
 pub const RECOVERIES: u64 = off!(recoveries);
 pub const USED: u64 = off!(meta.used);
 pub const LIVE_BLOCKS: u64 = off!(meta.live_blocks);

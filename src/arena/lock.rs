@@ -1,9 +1,13 @@
-//! A process-shared, robust pthread mutex living inside the arena, locked with a timeout.
+//! The arena's two locks (the metadata lock and the user lock): process-shared, robust pthread
+//! mutexes living inside the arena, locked with a timeout, each with a word recording its
+//! holder's pid; and [`LockGuard`], the one guard type for both, in the manner of lock_api.
 //!
-//! A process that dies holding it does not block the others: the kernel marks the mutex, the next
-//! locker gets `EOWNERDEAD`, repairs what the dead owner was doing (the caller's job, told through
-//! [`Acquired::OwnerDied`]) and marks the mutex consistent.
+//! A process that dies holding a lock does not block the others: the kernel marks the mutex, the
+//! next locker gets `EOWNERDEAD`, repairs what the dead owner was doing (the caller's job, told
+//! through [`LockGuard::previous_owner_died`]) and marks the mutex consistent.
 
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::libc;
@@ -111,18 +115,106 @@ fn unrecoverable(what: &str) -> Error {
     ))
 }
 
-/// Marks a mutex consistent after its dead owner's damage was repaired.
+/// A held arena lock; released when dropped. Not `Send`: a robust mutex belongs to the thread
+/// that locked it (unlocking from another thread fails, and would leave it locked), as
+/// lock_api's `GuardNoSend`.
 ///
-/// # Safety
-/// `m` must be a robust mutex the caller holds after an `EOWNERDEAD`.
-pub(crate) unsafe fn make_consistent(m: *mut libc::pthread_mutex_t) {
-    // SAFETY: per the contract the caller owns the mutex in the inconsistent state.
-    unsafe { libc::pthread_mutex_consistent(m) };
+/// ```compile_fail
+/// fn needs_send<T: Send>() {}
+/// needs_send::<nodeshm::arena::UserLock<'static>>();
+/// ```
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard<'a> {
+    mutex: *mut libc::pthread_mutex_t,
+    holder: &'a AtomicU32,
+    owner_died: bool,
+    _not_send: PhantomData<*const ()>,
 }
 
+impl std::fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("previous_owner_died", &self.owner_died)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard<'_> {
+    /// True if the previous holder died holding the lock: the data it guards may be half-written.
+    pub fn previous_owner_died(&self) -> bool {
+        self.owner_died
+    }
+
+    /// Keeps the lock held and forgets the guard (for callers that cannot hold a Rust borrow,
+    /// like the C ABI); release it later, on this thread, with the arena's `force_unlock_user`.
+    pub fn leak(self) {
+        std::mem::forget(self);
+    }
+
+    /// Marks the mutex consistent after the caller repaired what a dead owner left.
+    pub(crate) fn make_consistent(&self) {
+        // SAFETY: this guard holds the mutex (after EOWNERDEAD when this is called).
+        unsafe { libc::pthread_mutex_consistent(self.mutex) };
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        self.holder.store(0, Ordering::Release);
+        // SAFETY: the guard exists only while this thread holds the mutex (it is not Send).
+        let rc = unsafe { libc::pthread_mutex_unlock(self.mutex) };
+        debug_assert_eq!(rc, 0, "unlocking a held robust mutex failed");
+    }
+}
+
+/// Locks `m`, waiting at most `timeout`, and records `pid` in `holder` (told to those who time
+/// out waiting). `what` names the lock in errors.
+///
 /// # Safety
-/// `m` must be a mutex the calling thread holds.
-pub(crate) unsafe fn unlock(m: *mut libc::pthread_mutex_t) {
-    // SAFETY: per the contract the calling thread owns `m`.
-    unsafe { libc::pthread_mutex_unlock(m) };
+/// `m` must point to a mutex initialised by [`init`] inside a live shared mapping that outlives
+/// `'a` (as `holder` does).
+pub(crate) unsafe fn acquire<'a>(
+    m: *mut libc::pthread_mutex_t,
+    holder: &'a AtomicU32,
+    pid: u32,
+    timeout: Duration,
+    what: &str,
+) -> Result<LockGuard<'a>> {
+    // SAFETY: forwarded contract.
+    let how = unsafe { lock(m, timeout, what, || holder.load(Ordering::Acquire))? };
+    holder.store(pid, Ordering::Release);
+    Ok(LockGuard {
+        mutex: m,
+        holder,
+        owner_died: how == Acquired::OwnerDied,
+        _not_send: PhantomData,
+    })
+}
+
+/// Unlocks `m` held by this thread without a guard (one that was leaked); `NotHeld` when this
+/// thread does not hold it (robust mutexes check their owner), and nothing changes then.
+///
+/// # Safety
+/// `m` must point to an initialised mutex in a live mapping, and no guard of this thread may
+/// still refer to it (the guard would unlock it a second time).
+pub(crate) unsafe fn force_unlock(
+    m: *mut libc::pthread_mutex_t,
+    holder: &AtomicU32,
+    what: &str,
+) -> Result<()> {
+    let previous = holder.swap(0, Ordering::AcqRel);
+    // SAFETY: per the contract; pthread returns EPERM when this thread is not the owner.
+    match unsafe { libc::pthread_mutex_unlock(m) } {
+        0 => Ok(()),
+        rc => {
+            holder.store(previous, Ordering::Release);
+            Err(Error::NotHeld {
+                what: format!("the {what}"),
+                detail: format!(
+                    "this thread does not hold it (unlock only after a successful lock, on the \
+                     same thread; error {rc})"
+                ),
+            })
+        }
+    }
 }

@@ -38,6 +38,8 @@ use nix::libc;
 use parking_lot::Mutex;
 
 pub use block::Block;
+/// The held user lock ([`Arena::lock_user`]).
+pub type UserLock<'a> = LockGuard<'a>;
 pub use directory::{EntryInfo, MAX_NAME_LEN};
 pub use heap::HeapReport;
 pub use inspect::{inspect, Inspected, Inspection};
@@ -51,7 +53,7 @@ pub use shm::{
 use crate::error::{Error, Result};
 use header::HeaderState;
 use layout as l;
-use lock::Acquired;
+pub use lock::LockGuard;
 use region::{Mem, Region, Tx};
 
 /// Usage figures of an arena, read under its lock. `#[repr(C)]`: it is also the C API's
@@ -485,22 +487,18 @@ impl Arena {
 
     /// Runs `update` under the arena lock as one transaction: either all of it happens or none.
     fn locked<T>(&self, update: impl FnOnce(&mut Tx) -> Result<T>) -> Result<T> {
-        let m = self.mutex(l::LOCK);
         let r = self.region;
-        // SAFETY: `m` is the arena mutex, initialised before the arena became ready; the
-        // mapping outlives this call.
-        let how = unsafe {
-            lock::lock(m, self.lock_timeout, "arena lock", || {
-                r.word32(l::LOCK_HOLDER)
-                    .load(std::sync::atomic::Ordering::Acquire)
-            })?
+        // SAFETY: the arena mutex was initialised before the arena became ready; the mapping
+        // (and so the holder word) outlives this call.
+        let guard = unsafe {
+            lock::acquire(
+                self.mutex(l::LOCK),
+                r.word32(l::LOCK_HOLDER),
+                self.pid,
+                self.lock_timeout,
+                "arena lock",
+            )?
         };
-        let _unlock = scopeguard(|| {
-            r.word32(l::LOCK_HOLDER)
-                .store(0, std::sync::atomic::Ordering::Release);
-            // SAFETY: this thread took the lock above.
-            unsafe { lock::unlock(m) }
-        });
         let damaged = || {
             Error::Corrupted(
                 "a process that died holding the arena lock left an undo log that fails its \
@@ -508,7 +506,7 @@ impl Arena {
                     .into(),
             )
         };
-        if how == Acquired::OwnerDied {
+        if guard.previous_owner_died() {
             let rolled_back = r.roll_back();
             // The lock itself is made usable again either way; a log that fails its checks is
             // damage, recorded so that every later locker gets the same error instead of
@@ -519,8 +517,7 @@ impl Arena {
             } else {
                 r.store(l::RECOVERIES, r.header(l::RECOVERIES).wrapping_add(1))?;
             }
-            // SAFETY: we hold the mutex after EOWNERDEAD and dealt with the dead owner's update.
-            unsafe { lock::make_consistent(m) };
+            guard.make_consistent();
             rolled_back?;
         }
         if r.word32(l::DAMAGED)
@@ -529,11 +526,10 @@ impl Arena {
         {
             return Err(damaged());
         }
-        r.word32(l::LOCK_HOLDER)
-            .store(self.pid, std::sync::atomic::Ordering::Release);
         let mut tx = Tx::begin(&self.region);
         let value = update(&mut tx)?;
         tx.commit();
+        drop(guard);
         Ok(value)
     }
 
@@ -853,47 +849,43 @@ impl Arena {
     }
 
     /// Takes the arena's user lock (a second robust mutex, separate from the metadata lock),
-    /// waiting at most `timeout`. Use it to guard your own data in the arena.
+    /// waiting at most `timeout`. Use it to guard your own data in the arena. The guard stays
+    /// on this thread; `previous_owner_died()` tells when its last holder died holding it.
+    ///
+    /// Fails with `Timeout` (naming the holder's pid) when it is not free in time.
     pub fn lock_user(&self, timeout: Duration) -> Result<UserLock<'_>> {
-        let m = self.mutex(l::USER_LOCK);
-        // SAFETY: the user mutex was initialised before the arena became ready.
-        let how = unsafe { lock::lock(m, timeout, "user lock", || 0)? };
-        if how == Acquired::OwnerDied {
-            // SAFETY: we hold it after EOWNERDEAD; the user is told through the guard.
-            unsafe { lock::make_consistent(m) };
+        // SAFETY: the user mutex was initialised before the arena became ready; the guard
+        // borrows `self`, so the mapping outlives it.
+        let guard = unsafe {
+            lock::acquire(
+                self.mutex(l::USER_LOCK),
+                self.region.word32(l::USER_LOCK_HOLDER),
+                self.pid,
+                timeout,
+                "user lock",
+            )?
+        };
+        if guard.previous_owner_died() {
+            // The user is told through the guard; the mutex itself is usable again.
+            guard.make_consistent();
         }
-        Ok(UserLock {
-            arena: self,
-            owner_died: how == Acquired::OwnerDied,
-        })
+        Ok(guard)
     }
 
-    /// The user lock without a guard, for the C API (which cannot hold a Rust borrow): returns
-    /// whether the previous owner died. Pair with [`Arena::unlock_user_raw`] on the same thread.
-    #[cfg(feature = "mpi")]
-    pub(crate) fn lock_user_raw(&self, timeout: Duration) -> Result<bool> {
-        let guard = self.lock_user(timeout)?;
-        let died = guard.previous_owner_died();
-        std::mem::forget(guard);
-        Ok(died)
-    }
-
-    /// Releases the user lock taken by [`Arena::lock_user_raw`]; `NotHeld` if this thread does
-    /// not hold it.
-    #[cfg(feature = "mpi")]
-    pub(crate) fn unlock_user_raw(&self) -> Result<()> {
-        // SAFETY: the mutex is initialised; pthread reports EPERM if this thread is not the owner
-        // (robust mutexes always check ownership), so a wrong call is an error, not UB.
-        let rc = unsafe { libc::pthread_mutex_unlock(self.mutex(l::USER_LOCK)) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(Error::NotHeld {
-                what: "the user lock".into(),
-                detail: "this thread does not hold it (unlock only after a successful lock, on \
-                         the same thread)"
-                    .into(),
-            })
+    /// Releases the user lock held by this thread through a guard that was
+    /// [`leak`](UserLock::leak)ed (the C ABI's unlock). `NotHeld` when this thread does not
+    /// hold it; nothing changes then.
+    ///
+    /// # Safety
+    /// No guard of this thread may still hold the user lock (it would unlock it again on drop).
+    pub unsafe fn force_unlock_user(&self) -> Result<()> {
+        // SAFETY: forwarded contract; the mutex is initialised and mapped.
+        unsafe {
+            lock::force_unlock(
+                self.mutex(l::USER_LOCK),
+                self.region.word32(l::USER_LOCK_HOLDER),
+                "user lock",
+            )
         }
     }
 
@@ -910,27 +902,6 @@ impl Arena {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         })
-    }
-}
-
-/// Held user lock; released on drop.
-#[must_use = "the lock is released when the guard is dropped"]
-pub struct UserLock<'a> {
-    arena: &'a Arena,
-    owner_died: bool,
-}
-
-impl UserLock<'_> {
-    /// True if the previous holder died holding the lock: the data it guards may be half-written.
-    pub fn previous_owner_died(&self) -> bool {
-        self.owner_died
-    }
-}
-
-impl Drop for UserLock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the guard exists only while this thread holds the user lock.
-        unsafe { lock::unlock(self.arena.mutex(l::USER_LOCK)) }
     }
 }
 
@@ -976,17 +947,4 @@ fn take_reference(tx: &mut Tx, e: u64) -> Result<()> {
         Error::Corrupted(format!("entry at {e} has an impossible refcount {refs}"))
     })?;
     tx.set(e + l::E_REFCOUNT, more)
-}
-
-/// Runs a closure on drop (unlocking on every exit path, including `?`).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f()
-            }
-        }
-    }
-    Guard(Some(f))
 }
