@@ -21,6 +21,8 @@ section "format and lints (Open MPI)"
     cargo clippy --workspace --all-targets -- -D warnings
     # The arena layer (and the command line) must build without MPI and hwloc.
     cargo clippy --workspace --no-default-features --lib --bins -- -D warnings
+    # The crate docs build without a warning (missing docs, broken links).
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p nodeshm
     # A library user compiles only what the library needs: no command-line crates.
     if cargo tree -p nodeshm -e normal | grep -E ' (clap|serde_json) '; then
         echo "the library depends on command-line crates" >&2

@@ -4,41 +4,43 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Formats a byte count for messages: "64.0 MiB (67108864 bytes)".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {} ({bytes} bytes)", UNITS[unit])
-    }
-}
+use crate::sys::human_bytes;
 
 /// Stable numeric codes, shared with the C API (`NODESHM_E*` in `include/nodeshm.h`).
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// An argument is out of range or malformed (`NODESHM_EINVAL`).
     InvalidArgument = 1,
+    /// A block, allocator or shm name is malformed (`NODESHM_ENAME`).
     InvalidName = 2,
+    /// The block exists with another size (`NODESHM_ESIZE`).
     SizeMismatch = 3,
+    /// The arena is full (`NODESHM_ENOSPC`).
     OutOfSpace = 4,
+    /// Releasing something this process does not hold (`NODESHM_ENOTHELD`).
     NotHeld = 5,
+    /// A wait ran past its timeout (`NODESHM_ETIMEDOUT`).
     Timeout = 6,
+    /// A file that is not an arena (`NODESHM_ENOTARENA`).
     NotAnArena = 7,
+    /// An arena of another layout version (`NODESHM_EVERSION`).
     Incompatible = 8,
+    /// The backing directory cannot hold the arena (`NODESHM_ENOBACKING`).
     NoSpaceInBacking = 9,
+    /// An operating-system call failed (`NODESHM_EIO`).
     Io = 10,
+    /// The name is taken (`NODESHM_EEXIST`).
     AlreadyExists = 11,
+    /// A rank's CPU binding does not fit the scope (`NODESHM_EBINDING`).
     Binding = 12,
+    /// An MPI call failed (`NODESHM_EMPI`).
     Mpi = 13,
+    /// Not available in this build or on this system (`NODESHM_EUNSUPPORTED`).
     Unsupported = 14,
+    /// Arena metadata is damaged (`NODESHM_ECORRUPT`).
     Corrupted = 15,
+    /// The memory placement asked for cannot be honoured (`NODESHM_EPLACEMENT`).
     Placement = 16,
     /// A bug in nodeshm (a panic caught at the C boundary).
     Internal = 17,
@@ -81,86 +83,138 @@ impl ErrorCode {
 /// Everything that can go wrong in nodeshm.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An argument is out of range or malformed; the text says which and what is allowed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A name is malformed.
     #[error("invalid name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
+    InvalidName {
+        /// The name (cut to 64 characters).
+        name: String,
+        /// What names must look like.
+        reason: String,
+    },
 
+    /// The block exists with another size.
     #[error(
         "block {name:?} already exists with {existing} bytes, asked for {requested} bytes; \
          every process must ask for a name with the same size (deallocate it first to resize)"
     )]
     SizeMismatch {
+        /// The block's name.
         name: String,
+        /// Its size in the arena.
         existing: u64,
+        /// The size asked for.
         requested: u64,
     },
 
+    /// The arena has no free block large enough.
     #[error(
         "arena full: {} requested (with block metadata), largest free block {}, {} free of {}; \
          deallocate blocks or make the arena larger (Traits::size)",
         human_bytes(*requested), human_bytes(*largest_free), human_bytes(*free), human_bytes(*capacity)
     )]
     OutOfSpace {
+        /// Bytes needed, with block metadata.
         requested: u64,
+        /// The largest block that could still be allocated.
         largest_free: u64,
+        /// All free bytes.
         free: u64,
+        /// The heap's capacity.
         capacity: u64,
     },
 
+    /// Releasing something this process does not hold; nothing was changed.
     #[error("{what} is not held by this process: {detail}")]
-    NotHeld { what: String, detail: String },
+    NotHeld {
+        /// What was to be released.
+        what: String,
+        /// Why it is not held, and what to do.
+        detail: String,
+    },
 
+    /// A wait ran past its timeout.
     #[error("timed out after {:.1} s {what}; {hint}", waited.as_secs_f64())]
     Timeout {
+        /// What was waited for.
         what: String,
+        /// How long.
         waited: Duration,
+        /// What to check (who holds a lock, ...).
         hint: String,
     },
 
+    /// A file that is not an arena (or a damaged one).
     #[error("{path} is not a nodeshm arena: {reason}")]
-    NotAnArena { path: PathBuf, reason: String },
+    NotAnArena {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
 
+    /// An arena of another layout version.
     #[error("{path} is an arena this version cannot use: {reason}")]
-    Incompatible { path: PathBuf, reason: String },
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// Which version, and what to do.
+        reason: String,
+    },
 
+    /// The backing directory (or the free huge pages) cannot hold the arena.
     #[error(
         "cannot reserve {} in {dir}: {} free there; enlarge it (e.g. docker --shm-size, \
          mount -o remount,size=...) or lower the arena size",
         human_bytes(*requested), human_bytes(*available)
     )]
     NoSpaceInBacking {
+        /// The backing directory.
         dir: PathBuf,
+        /// The arena's size.
         requested: u64,
+        /// Free bytes there.
         available: u64,
     },
 
+    /// An operating-system call failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done.
         what: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
 
+    /// The name is taken.
     #[error("{0} already exists; choose another name, or remove the stale one (`nodeshm gc`)")]
     AlreadyExists(String),
 
+    /// A rank's CPU binding does not fit the scope (or the topology could not be read).
     #[error("{0}")]
     Binding(String),
 
+    /// An MPI call failed.
     #[error("MPI: {0}")]
     Mpi(String),
 
+    /// Not available in this build or on this system.
     #[error("unsupported: {0}")]
     Unsupported(String),
 
+    /// Arena metadata is damaged; the text says what and where.
     #[error("arena metadata is corrupted: {0}")]
     Corrupted(String),
 
+    /// The memory placement asked for cannot be honoured.
     #[error("memory placement: {0}")]
     Placement(String),
 
+    /// A bug in nodeshm.
     #[error("internal error in nodeshm (please report it): {0}")]
     Internal(String),
 
@@ -172,9 +226,13 @@ pub enum Error {
          (Options::trust_uid, or Options::trust_group for a group)"
     )]
     Untrusted {
+        /// The file.
         path: PathBuf,
+        /// Its owner.
         owner: u32,
+        /// Its group.
         group: u32,
+        /// The caller's effective uid.
         uid: u32,
     },
 
@@ -247,14 +305,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// An error as numbers and strings, to send it to other ranks (the only place that knows the
 /// encoding: `encode` and `decode` below mirror each other variant by variant).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))] // only MPI sends errors
 pub(crate) struct Wire {
     pub nums: Vec<u64>,
     pub strs: Vec<String>,
 }
 
 /// `nums[0]` of a wrapped collective error.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 const WIRE_COLLECTIVE: u64 = u64::MAX;
 
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 impl Wire {
     pub(crate) fn of(e: &Error) -> Wire {
         let mut w = Wire::default();

@@ -32,6 +32,7 @@ impl fmt::Display for Scope {
 /// One instance of a scope: "socket 1" means the second package (hwloc logical index 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ScopeInstance {
+    /// Which kind of scope.
     pub scope: Scope,
     /// hwloc logical index of the package or NUMA node (0 for a node).
     pub index: usize,
@@ -187,10 +188,12 @@ pub struct Topology;
 
 #[cfg(not(feature = "hwloc"))]
 impl Topology {
+    /// Without hwloc there is nothing to load.
     pub fn load() -> Result<Self> {
         Ok(Topology)
     }
 
+    /// Node scope only: socket and NUMA scope need hwloc.
     pub fn this_instance(&self, scope: Scope) -> Result<ScopeInstance> {
         match scope {
             Scope::Node => Ok(ScopeInstance {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nodeshm::arena::backing_dir;
-use nodeshm::error::human_bytes;
+use nodeshm::sys::human_bytes;
 use serde::Serialize;
 
 #[derive(Parser)]

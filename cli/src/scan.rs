@@ -14,9 +14,9 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::libc;
 use nix::sys::stat::Mode;
 use nodeshm::arena::{
-    checked_regular, inspect, open_for_reading, process_start_time, Inspected, Inspection,
-    SHM_PREFIX,
+    checked_regular, inspect, open_for_reading, Inspected, Inspection, SHM_PREFIX,
 };
+use nodeshm::sys::process_start_time;
 use serde::Serialize;
 
 /// A file's identity: (device, inode).

@@ -32,11 +32,11 @@ fn finding(
 }
 
 fn gib(bytes: u64) -> String {
-    nodeshm::error::human_bytes(bytes)
+    nodeshm::sys::human_bytes(bytes)
 }
 
 fn backing_space(dir: &Path) -> Finding {
-    let Some((total, free)) = nodeshm::arena::backing_space(dir) else {
+    let Some((total, free)) = nodeshm::sys::backing_space(dir) else {
         return finding(
             "backing directory",
             "problem",

@@ -215,7 +215,7 @@ fn sparse_file_with_a_huge_directory_in_a_small_tmpfs() {
         .status()
         .unwrap();
     assert!(copied.success());
-    let free = || nodeshm::arena::backing_space(&tmpfs.0).unwrap().1;
+    let free = || nodeshm::sys::backing_space(&tmpfs.0).unwrap().1;
     let before = free();
     assert!(
         before > 8 << 20,

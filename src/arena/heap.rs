@@ -467,12 +467,17 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<HeapReport> {
     Ok(report)
 }
 
-/// What [`verify`] counted.
+/// What [`Arena::verify`](crate::arena::Arena::verify) counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HeapReport {
+    /// Blocks in use.
     pub used_blocks: u64,
+    /// Bytes they take, headers included.
     pub used_bytes: u64,
+    /// Free blocks.
     pub free_blocks: u64,
+    /// Bytes they hold, headers included.
     pub free_bytes: u64,
+    /// The largest free payload.
     pub largest_free: u64,
 }

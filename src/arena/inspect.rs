@@ -23,13 +23,18 @@ pub enum Inspected {
     /// An arena of this layout.
     Arena(Box<Inspection>),
     /// Not something this version can read; `reason` says what it is.
-    Foreign { reason: String },
+    Foreign {
+        /// What the file is.
+        reason: String,
+    },
 }
 
 /// An arena's header, figures and blocks, as read.
 #[derive(Debug, Clone)]
 pub struct Inspection {
+    /// Where it was read from.
     pub path: PathBuf,
+    /// What its header says.
     pub info: ArenaInfo,
     /// Zero when the free lists could not be read (see `damage`).
     pub stats: Stats,

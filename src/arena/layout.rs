@@ -98,6 +98,7 @@ const _: () = assert!(std::mem::size_of::<nix::libc::pthread_mutex_t>() <= MUTEX
 const _: () = assert!(offset_of!(Header, lock) % 16 == 0);
 const _: () = assert!(offset_of!(Header, user_lock) % 16 == 0);
 
+/// Bytes of the arena header (the smallest file that can be an arena).
 pub const HEADER_SIZE: u64 = std::mem::size_of::<Header>() as u64;
 
 macro_rules! off {

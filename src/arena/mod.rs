@@ -24,7 +24,7 @@ pub(crate) mod layout;
 mod lock;
 mod options;
 mod region;
-mod shm;
+pub(crate) mod shm;
 #[cfg(test)]
 mod tests;
 
@@ -46,8 +46,8 @@ pub use inspect::{inspect, Inspected, Inspection};
 pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
 pub use options::{HugePages, Options, Unlink};
 pub use shm::{
-    backing_dir, backing_kind, backing_space, checked_regular, file_kind, open_for_reading,
-    process_start_time, BackingKind, DEFAULT_SHM_DIR, SHM_DIR_ENV, SHM_PREFIX,
+    backing_dir, backing_kind, checked_regular, file_kind, open_for_reading, BackingKind,
+    DEFAULT_SHM_DIR, SHM_DIR_ENV, SHM_PREFIX,
 };
 
 use crate::error::{Error, Result};
@@ -84,17 +84,29 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ArenaInfo {
+    /// Layout version ([`LAYOUT_VERSION`] for arenas this version can use).
     pub layout_version: u32,
+    /// Total size in bytes.
     pub size: u64,
+    /// Pid of the creating process.
     pub creator_pid: u32,
+    /// The creator's start time (clock ticks since boot), to tell a reused pid.
     pub creator_start_time: u64,
+    /// The job token of the manager that made it (0 for plain arenas).
     pub job_token: u64,
+    /// Creation time, seconds since the Unix epoch.
     pub created_unix_secs: u64,
+    /// When its name goes.
     pub unlink: Unlink,
+    /// Handles attached now (as counted in the arena).
     pub attach_count: u32,
+    /// Whether its name was removed already.
     pub unlinked: bool,
+    /// What it is for (allocator name and scope instance).
     pub label: String,
+    /// The memory placement applied at creation.
     pub placement: String,
+    /// Size of the name directory.
     pub bucket_count: u64,
 }
 
@@ -102,7 +114,7 @@ pub struct ArenaInfo {
 /// holds, detaches, and applies the unlink policy.
 pub struct Arena {
     _map: memmap2::MmapRaw,
-    /// Kept open so that tools can reach the arena through /proc/<pid>/fd after it is unlinked.
+    /// Kept open so that tools can reach the arena through `/proc/<pid>/fd` after it is unlinked.
     _file: File,
     region: Region,
     path: PathBuf,
@@ -213,8 +225,8 @@ impl Arena {
                     "arena size {} bytes is above the {} this layout supports; give a size from \
                      {} to that",
                     options.size,
-                    crate::error::human_bytes(l::MAX_ARENA_SIZE - page),
-                    crate::error::human_bytes(layout::minimum_size(options.expected_names)),
+                    crate::sys::human_bytes(l::MAX_ARENA_SIZE - page),
+                    crate::sys::human_bytes(layout::minimum_size(options.expected_names)),
                 ))
             })?;
         let (buckets, buckets_offset, heap_offset) = layout::geometry(size, options.expected_names);
@@ -438,8 +450,6 @@ impl Arena {
             let _ = map.advise(memmap2::Advice::HugePage);
         }
         let base = std::ptr::NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
-        // SAFETY: the mapping is page-aligned, readable and writable, `map.len()` bytes long (at
-        // least a header: the geometry check saw one), and lives in `_map` for as long as the Arena (and so every Region copy it hands out).
         if map.len() as u64 != geo.size {
             return Err(Error::NotAnArena {
                 path,
@@ -450,6 +460,9 @@ impl Arena {
                 ),
             });
         }
+        // SAFETY: the mapping is page-aligned, readable and writable, `map.len()` bytes long (the
+        // size whose header the geometry check read, so at least a header), and lives in `_map`
+        // for as long as the Arena (and so every Region copy it hands out).
         let region = unsafe { Region::new(base, map.len() as u64, geo) };
         Ok(Arena {
             _map: map,

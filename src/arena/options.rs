@@ -15,7 +15,10 @@ pub enum Unlink {
     /// As soon as `peers` processes besides the creator have attached (the last of them unlinks;
     /// with 0 the creator unlinks right after creating). From then on a crash of any process
     /// leaks nothing. If the creator's handle is dropped first, the creator unlinks.
-    AfterAttach { peers: u32 },
+    AfterAttach {
+        /// Processes besides the creator that will attach.
+        peers: u32,
+    },
     /// When the last attached handle is dropped (a process killed while attached leaves the name
     /// behind: `nodeshm gc` removes it).
     OnLastDetach,

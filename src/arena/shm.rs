@@ -70,7 +70,10 @@ pub enum BackingKind {
     /// tmpfs (`/dev/shm`): 4 KiB pages, or transparent huge pages when the mount allows.
     Tmpfs,
     /// hugetlbfs: every page is a huge page of this many bytes.
-    Hugetlbfs { page_size: u64 },
+    Hugetlbfs {
+        /// The huge page size in bytes.
+        page_size: u64,
+    },
     /// Anything else (a disk file system works, but is not memory).
     Other,
 }
@@ -106,8 +109,8 @@ pub(crate) fn huge_pages_error(dir: &Path, size: u64, page_size: u64) -> Error {
         "cannot reserve {needed} huge pages of {} for a {} arena in {}: {free} are free \
          (HugePages_Free); reserve more as root (echo {} > /proc/sys/vm/nr_hugepages) or use \
          transparent huge pages instead",
-        crate::error::human_bytes(page_size),
-        crate::error::human_bytes(size),
+        crate::sys::human_bytes(page_size),
+        crate::sys::human_bytes(size),
         dir.display(),
         needed + free,
     ))

@@ -451,3 +451,32 @@ fn updates_cannot_write_locks_or_geometry() {
     tx.commit();
     arena.verify().unwrap();
 }
+
+/// Safe copy-in and copy-out of `Pod` values, and atomics for blocks of any length.
+#[test]
+fn typed_access_without_unsafe() {
+    let dir = TempDir::new();
+    let arena = Arena::create("t", &dir.options(1 << 20)).unwrap();
+    let table = arena.allocate("table", 100 * 8).unwrap();
+    let values: Vec<f64> = (0..100).map(|i| i as f64 * 0.25).collect();
+    table.write_at(0, &values).unwrap();
+    let mut back = vec![0f64; 100];
+    table.read_at(0, &mut back).unwrap();
+    assert_eq!(back, values);
+    table.write_at(97, &[-1.0f64, -2.0, -3.0]).unwrap();
+    assert_eq!(table.to_vec::<f64>().unwrap()[97..], [-1.0, -2.0, -3.0]);
+    // u16 elements at an odd index: byte-granular copies.
+    table.write_at(3, &[0xabcdu16]).unwrap();
+    let mut one = [0u16];
+    table.read_at(3, &mut one).unwrap();
+    assert_eq!(one, [0xabcd]);
+    let err = table.write_at(98, &[0f64; 3]).unwrap_err();
+    assert_eq!(err.code(), crate::ErrorCode::InvalidArgument);
+    assert!(err.to_string().contains("block of 800 bytes"), "{err}");
+    assert!(table.read_at(usize::MAX, &mut back).is_err());
+    // A 3-byte block: no whole word, still safe access.
+    let tiny = arena.allocate("tiny", 3).unwrap();
+    tiny.as_atomic_u8()[2].store(7, Ordering::Relaxed);
+    assert_eq!(tiny.to_vec::<u8>().unwrap(), [0, 0, 7]);
+    assert!(tiny.as_atomic_u64().is_empty() && tiny.as_atomic_u32().is_empty());
+}

@@ -271,8 +271,8 @@ impl ResourceManager {
                 "allocator {name:?}: size {} bytes; give a size from {} (smaller sizes are \
                  rounded up to it) to {}",
                 traits.size,
-                crate::error::human_bytes(min),
-                crate::error::human_bytes(max)
+                crate::sys::human_bytes(min),
+                crate::sys::human_bytes(max)
             )));
         }
         if traits.mode & !0o777 != 0 || traits.mode & 0o600 != 0o600 {
