@@ -46,6 +46,30 @@ impl fmt::Display for ScopeInstance {
     }
 }
 
+/// The label an allocator's arena carries in its header (shown by `nodeshm ls` and `stat`): the
+/// allocator's name, then its scope instance ("SHARED::tables socket 1").
+pub fn allocator_label(name: &str, instance: &ScopeInstance) -> String {
+    format!("{name} {instance}")
+}
+
+/// Splits a label made by [`allocator_label`] into the allocator name and the scope instance
+/// ("socket 1"). Names may contain spaces: the instance is the label's last two words. A label
+/// of another form is all name.
+pub fn split_allocator_label(label: &str) -> (&str, &str) {
+    let mut words = label.rsplitn(3, ' ');
+    let (index, scope, name) = (words.next(), words.next(), words.next());
+    match (name, scope, index) {
+        (Some(name), Some(scope), Some(index))
+            if ["node", "socket", "numa"].contains(&scope)
+                && !index.is_empty()
+                && index.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (name, &label[name.len() + 1..])
+        }
+        _ => (label, ""),
+    }
+}
+
 #[cfg(feature = "hwloc")]
 mod imp {
     use hwlocality::cpu::binding::CpuBindingFlags;
@@ -227,5 +251,35 @@ pub(crate) fn binding_advice() -> String {
     match launcher {
         Some(l) => format!("bind each rank to a core: this job's launcher wants `{l}` ({all})"),
         None => format!("bind each rank to a core ({all})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_names_with_spaces() {
+        for name in [
+            "SHARED::tables",
+            "SHARED::eos tables v2",
+            "SHARED::a  b",
+            "SHARED::x node 3",
+        ] {
+            for (scope, index) in [(Scope::Node, 0), (Scope::Socket, 1), (Scope::Numa, 12)] {
+                let instance = ScopeInstance {
+                    scope,
+                    index,
+                    os_index: None,
+                };
+                let label = allocator_label(name, &instance);
+                assert_eq!(
+                    split_allocator_label(&label),
+                    (name, instance.to_string().as_str())
+                );
+            }
+        }
+        assert_eq!(split_allocator_label("planted"), ("planted", ""));
+        assert_eq!(split_allocator_label("a b c"), ("a b c", ""));
     }
 }

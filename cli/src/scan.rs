@@ -260,7 +260,7 @@ fn fill(mut row: Row, file: &File, st: &nix::sys::stat::FileStat, max_entries: u
             row.reason = Some(reason);
         }
         Ok(Inspected::Arena(i)) => {
-            let (allocator, instance) = i.info.label.split_once(' ').unwrap_or((&i.info.label, ""));
+            let (allocator, instance) = nodeshm::topology::split_allocator_label(&i.info.label);
             row.allocator = allocator.to_string();
             row.scope_instance = instance.to_string();
             row.size = i.info.size;

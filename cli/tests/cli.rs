@@ -69,7 +69,14 @@ fn role_killed_creator() {
     let options = Options::new(2 << 20)
         .dir(&dir)
         .unlink(Unlink::OnLastDetach)
-        .label("SHARED::victim socket 1");
+        .label(&nodeshm::topology::allocator_label(
+            "SHARED::victim with spaces",
+            &nodeshm::ScopeInstance {
+                scope: nodeshm::Scope::Socket,
+                index: 1,
+                os_index: None,
+            },
+        ));
     let arena = Arena::create("nodeshm-cli-killed", &options).unwrap();
     let _a = arena.allocate("alpha", 1000).unwrap();
     let _b = arena.allocate("beta", 2000).unwrap();
@@ -148,6 +155,7 @@ fn ls_stat_gc_on_real_arenas() {
     let killed = by_name(&rows, "nodeshm-cli-killed");
     assert_eq!(killed["state"], "orphaned");
     assert_eq!(killed["creator_pid"], victim_pid);
+    assert_eq!(killed["allocator"], "SHARED::victim with spaces");
     assert_eq!(killed["scope_instance"], "socket 1");
 
     // stat shows the blocks, also of the unlinked arena (through the holder's fd).

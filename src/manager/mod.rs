@@ -336,7 +336,7 @@ impl ResourceManager {
                 UnlinkPolicy::Never => Unlink::Never,
             })
             .job_token(self.job_token)
-            .label(format!("{name} {instance}"))
+            .label(crate::topology::allocator_label(name, instance))
             .attach_timeout(traits.attach_timeout)
             .lock_timeout(traits.lock_timeout)
             .reserve_at_create(false)
