@@ -69,7 +69,7 @@ fn role_killed_creator() {
     let options = Options::new(2 << 20)
         .dir(&dir)
         .unlink(Unlink::OnLastDetach)
-        .label(&nodeshm::topology::allocator_label(
+        .label(nodeshm::topology::allocator_label(
             "SHARED::victim with spaces",
             &nodeshm::ScopeInstance {
                 scope: nodeshm::Scope::Socket,

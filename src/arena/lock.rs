@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use nix::libc;
 
+use super::layout as l;
+use super::region::Tx;
+use super::{Arena, UserLock};
 use crate::error::{Error, Result};
 
 /// How a lock was obtained.
@@ -215,6 +218,103 @@ pub(crate) unsafe fn force_unlock(
                      same thread; error {rc})"
                 ),
             })
+        }
+    }
+}
+
+impl Arena {
+    pub(super) fn mutex(&self, off: u64) -> *mut libc::pthread_mutex_t {
+        assert!(off + l::MUTEX_SLOT as u64 <= l::HEADER_SIZE);
+        // SAFETY: a header field: inside every mapping (see Region::new).
+        unsafe { self.region.base().as_ptr().add(off as usize).cast() }
+    }
+
+    /// Runs `update` under the arena lock as one transaction: either all of it happens or none.
+    pub(super) fn locked<T>(&self, update: impl FnOnce(&mut Tx) -> Result<T>) -> Result<T> {
+        let r = self.region;
+        // SAFETY: the arena mutex was initialised before the arena became ready; the mapping
+        // (and so the holder word) outlives this call.
+        let guard = unsafe {
+            acquire(
+                self.mutex(l::LOCK),
+                r.word32(l::LOCK_HOLDER),
+                self.pid,
+                self.lock_timeout,
+                "arena lock",
+            )?
+        };
+        let damaged = || {
+            Error::Corrupted(
+                "a process that died holding the arena lock left an undo log that fails its \
+                 checks, so the heap and directory cannot be trusted; recreate the arena"
+                    .into(),
+            )
+        };
+        if guard.previous_owner_died() {
+            let rolled_back = r.roll_back();
+            // The lock itself is made usable again either way; a log that fails its checks is
+            // damage, recorded so that every later locker gets the same error instead of
+            // working on bad metadata.
+            if rolled_back.is_err() {
+                r.word32(l::DAMAGED)
+                    .store(1, std::sync::atomic::Ordering::Release);
+            } else {
+                r.store(l::RECOVERIES, r.header(l::RECOVERIES).wrapping_add(1))?;
+            }
+            guard.make_consistent();
+            rolled_back?;
+        }
+        if r.word32(l::DAMAGED)
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+        {
+            return Err(damaged());
+        }
+        let mut tx = Tx::begin(&self.region);
+        let value = update(&mut tx)?;
+        tx.commit();
+        drop(guard);
+        Ok(value)
+    }
+
+    /// Takes the arena's user lock (a second robust mutex, separate from the metadata lock),
+    /// waiting at most `timeout`. Use it to guard your own data in the arena. The guard stays
+    /// on this thread; `previous_owner_died()` tells when its last holder died holding it.
+    ///
+    /// Fails with `Timeout` (naming the holder's pid) when it is not free in time.
+    pub fn lock_user(&self, timeout: Duration) -> Result<UserLock<'_>> {
+        // SAFETY: the user mutex was initialised before the arena became ready; the guard
+        // borrows `self`, so the mapping outlives it.
+        let guard = unsafe {
+            acquire(
+                self.mutex(l::USER_LOCK),
+                self.region.word32(l::USER_LOCK_HOLDER),
+                self.pid,
+                timeout,
+                "user lock",
+            )?
+        };
+        if guard.previous_owner_died() {
+            // The user is told through the guard; the mutex itself is usable again.
+            guard.make_consistent();
+        }
+        Ok(guard)
+    }
+
+    /// Releases the user lock held by this thread through a guard that was
+    /// [`leak`](UserLock::leak)ed (the C ABI's unlock). `NotHeld` when this thread does not
+    /// hold it; nothing changes then.
+    ///
+    /// # Safety
+    /// No guard of this thread may still hold the user lock (it would unlock it again on drop).
+    pub unsafe fn force_unlock_user(&self) -> Result<()> {
+        // SAFETY: forwarded contract; the mutex is initialised and mapped.
+        unsafe {
+            force_unlock(
+                self.mutex(l::USER_LOCK),
+                self.region.word32(l::USER_LOCK_HOLDER),
+                "user lock",
+            )
         }
     }
 }

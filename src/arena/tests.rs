@@ -6,7 +6,10 @@ use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 
+use super::layout as l;
+use super::region::Tx;
 use super::*;
+use crate::Error;
 use crate::ErrorCode;
 
 /// A private backing directory under the system temp dir, removed on drop.
