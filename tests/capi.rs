@@ -180,7 +180,7 @@ fn cmake_package_examples_and_bad_input() {
         );
         assert!(!out.contains("FAILED"), "{out}");
     }
-    let left = support::leftovers("");
+    let left = support::leftovers(&support::marker());
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 

@@ -827,7 +827,7 @@ fn prefault_maps_every_page_on_every_rank() {
 }
 
 fn nothing_left_in_dev_shm() {
-    let left = support::leftovers("");
+    let left = support::leftovers(&support::marker());
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 

@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,17 +14,7 @@ use nodeshm::{Error, ErrorCode};
 const NAMES: usize = 1000;
 const CHILDREN: u64 = 4;
 
-fn unique(tag: &str) -> String {
-    format!("nodeshm-test-{}-{tag}", std::process::id())
-}
-
-fn spawn(role: &str, arena: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .env(support::ROLE_ENV, format!("{role}:{arena}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawning a child process")
-}
+use support::{spawn_role as spawn, unique};
 
 fn size_of(i: usize) -> u64 {
     64 + (i as u64 % 37) * 24
@@ -422,8 +412,7 @@ fn unlink_policies() {
 }
 
 fn nothing_left_in_dev_shm() {
-    let marker = format!("nodeshm-test-{}", std::process::id());
-    let left = support::leftovers(&marker);
+    let left = support::leftovers(&support::unique(""));
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 

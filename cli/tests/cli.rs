@@ -4,9 +4,8 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use nodeshm::arena::{Arena, Options, Unlink};
@@ -38,16 +37,9 @@ fn json(dir: &Path, args: &[&str]) -> Value {
 }
 
 fn spawn(role: &str, dir: &Path) -> (Child, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(support::ROLE_ENV, format!("{role}:{}", dir.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_string())
+    let mut child = support::spawn_role(role, &dir.display().to_string());
+    let line = support::first_line(&mut child);
+    (child, line)
 }
 
 /// Child: an arena unlinked at once (no peers) but mapped by this live process.

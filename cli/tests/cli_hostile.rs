@@ -9,7 +9,7 @@ mod support;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use std::time::{Duration, Instant};
 
@@ -128,22 +128,10 @@ fn role_fifo_holder() {
 
 fn fifo_held_by_a_process_that_maps_an_arena() {
     let tmp = support::TempDir::new("fifo-holder");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(
-            support::ROLE_ENV,
-            format!("fifo_holder:{}", tmp.0.display()),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut child = support::spawn_role("fifo_holder", &tmp.0.display().to_string());
+    let line = support::first_line(&mut child);
     let child = support::KillOnDrop(child);
-    assert_eq!(line.trim(), "ready");
+    assert_eq!(line, "ready");
     let (code, out) = nodeshm(&tmp.0, &["ls", "--json"]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -247,7 +235,7 @@ fn role_create_and_exit() {
 /// `gc` with the backing directory spelled `/dev/../dev/shm` or through a symlink: a live arena
 /// (mapped by this process, creator gone) is never a candidate. Dry runs only: /dev/shm is shared.
 fn gc_with_the_directory_spelled_otherwise() {
-    let name = format!("nodeshm-test-{}-spelled", std::process::id());
+    let name = support::unique("spelled");
     let status = Command::new(std::env::current_exe().unwrap())
         .env(
             support::ROLE_ENV,

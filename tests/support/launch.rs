@@ -59,6 +59,7 @@ impl Job {
             .env(super::ROLE_ENV, role)
             .env("NODESHM_MPI", mpi())
             .env("NODESHM_LAUNCHER", launcher())
+            .env(super::NAME_TAG_ENV, super::marker())
     }
 
     pub fn bind(mut self, binding: Binding) -> Job {

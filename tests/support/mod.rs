@@ -11,11 +11,50 @@ use std::time::Instant;
 
 pub const ROLE_ENV: &str = "NODESHM_ROLE";
 
+/// The variable the manager adds to its shm names (`nodeshm::manager::NAME_TAG_ENV`).
+pub const NAME_TAG_ENV: &str = "NODESHM_NAME_TAG";
+
+/// This test run's marker: in every shm name its tests make (the manager's names through
+/// `NODESHM_NAME_TAG`, arena names through [`unique`]), so leak checks look at this run's names
+/// only and a user's own arenas on the node never fail them. `scripts/test.sh` sets one for the
+/// whole run; a test binary run alone makes its own.
+pub fn marker() -> String {
+    std::env::var(NAME_TAG_ENV).unwrap_or_default()
+}
+
+/// A shm name of this run: `nodeshm-test-<marker>-<pid>-<tag>`.
+pub fn unique(tag: &str) -> String {
+    format!("nodeshm-test-{}-{}-{tag}", marker(), std::process::id())
+}
+
+/// This binary playing `role` with `arg` (see [`main`]), its stdout piped.
+pub fn spawn_role(role: &str, arg: &str) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, format!("{role}:{arg}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning a child process")
+}
+
+/// The next line a child printed (it says it is ready), trimmed.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("stdout piped"))
+        .read_line(&mut line)
+        .expect("reading a child's output");
+    line.trim().to_string()
+}
+
 pub type Scenario = (&'static str, fn());
 
 /// Runs the role named in `NODESHM_ROLE` if set (exiting with its result), else every scenario
 /// whose name contains the command-line filter, printing libtest-style lines.
 pub fn main(roles: &[(&str, fn())], scenarios: &[Scenario]) {
+    if marker().is_empty() {
+        // Before any thread or child exists: children inherit it.
+        std::env::set_var(NAME_TAG_ENV, format!("t{}", std::process::id()));
+    }
     if let Ok(role) = std::env::var(ROLE_ENV) {
         let name = role.split(':').next().unwrap_or_default().to_string();
         let Some((_, f)) = roles.iter().find(|(n, _)| *n == name) else {
@@ -89,8 +128,10 @@ pub fn role_arg() -> String {
         .unwrap_or_default()
 }
 
-/// Names of ours left in /dev/shm whose name contains `marker`.
+/// Names of ours left in /dev/shm whose name contains `marker` (give [`marker()`] or something
+/// more specific, never ""): other arenas on the node are none of a test's business.
 pub fn leftovers(marker: &str) -> Vec<String> {
+    assert!(!marker.is_empty(), "leak checks look for a marker");
     std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -211,20 +252,17 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A directory removed with everything in it when the test is done, also when it fails.
-pub struct TempDir(pub std::path::PathBuf);
+/// A directory removed with everything in it when the test is done, also when it fails
+/// (`.0` is its path).
+pub struct TempDir(pub std::path::PathBuf, tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("nodeshm-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("nodeshm-{tag}-"))
+            .tempdir()
+            .expect("creating a temporary directory");
+        TempDir(dir.path().to_path_buf(), dir)
     }
 }
 
