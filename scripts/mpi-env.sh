@@ -2,6 +2,7 @@
 # nodeshm is built against and run with, from NODESHM_MPI (openmpi, the default, or mpich).
 #
 #   MPICC             the MPI C compiler wrapper; rsmpi's build script reads it (`mpicc -show`)
+#   MPICXX            the MPI C++ wrapper, for the C++ example
 #   MPIFC             the MPI Fortran wrapper, for the CMake package's Fortran module and tests
 #   CARGO_TARGET_DIR  target (Open MPI) or target/mpich: a library built against one MPI must
 #                     never be linked or run with the other, so each gets its own build
@@ -22,11 +23,13 @@ nodeshm_first_command() {
 case $NODESHM_MPI in
     openmpi)
         MPICC=$(nodeshm_first_command mpicc.openmpi mpicc)
+        MPICXX=$(nodeshm_first_command mpicxx.openmpi mpicxx)
         MPIFC=$(nodeshm_first_command mpif90.openmpi mpif90)
         CARGO_TARGET_DIR=${NODESHM_TARGET_BASE:-target}
         ;;
     mpich)
         MPICC=$(nodeshm_first_command mpicc.mpich mpicc)
+        MPICXX=$(nodeshm_first_command mpicxx.mpich mpicxx)
         MPIFC=$(nodeshm_first_command mpif90.mpich mpif90)
         CARGO_TARGET_DIR=${NODESHM_TARGET_BASE:-target}/mpich
         ;;
@@ -35,6 +38,6 @@ case $NODESHM_MPI in
         return 2 2>/dev/null || exit 2
         ;;
 esac
-export MPICC MPIFC CARGO_TARGET_DIR
+export MPICC MPICXX MPIFC CARGO_TARGET_DIR
 # Open MPI refuses to run as root without these; they do nothing for MPICH.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -17,10 +17,11 @@ fn step(what: &str, cmd: &mut Command, limit: Duration) -> String {
     out
 }
 
-/// `-DMPI_<lang>_COMPILER=` for the MPI this run uses (`MPICC`, `MPIFC` from scripts/mpi-env.sh).
+/// `-DMPI_<lang>_COMPILER=` for the MPI this run uses (`MPICC`, `MPICXX`, `MPIFC` from
+/// scripts/mpi-env.sh).
 fn mpi_compilers() -> Vec<String> {
     let mut args = Vec::new();
-    for (var, lang) in [("MPICC", "C"), ("MPIFC", "Fortran")] {
+    for (var, lang) in [("MPICC", "C"), ("MPICXX", "CXX"), ("MPIFC", "Fortran")] {
         if let Ok(wrapper) = std::env::var(var) {
             args.push(format!("-DMPI_{lang}_COMPILER={wrapper}"));
         }
@@ -97,7 +98,7 @@ fn cmake_package_examples_and_bad_input() {
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capi");
     let prefix = work.join("prefix");
     let _ = std::fs::remove_dir_all(&prefix);
-    for user in ["c", "c-other-mpi", "fortran", "tests"] {
+    for user in ["c", "c-other-mpi", "cpp", "fortran", "tests"] {
         let _ = std::fs::remove_dir_all(work.join(user));
     }
     step(
@@ -130,6 +131,7 @@ fn cmake_package_examples_and_bad_input() {
         "lib/libnodeshm.a",
         "lib/libnodeshm_fortran.a",
         "include/nodeshm.h",
+        "include/nodeshm.hpp",
         "include/nodeshm-fortran/nodeshm.mod",
         "lib/cmake/nodeshm/nodeshmConfig.cmake",
     ] {
@@ -145,6 +147,19 @@ fn cmake_package_examples_and_bad_input() {
         4,
         "{out}"
     );
+
+    // C++: RAII handles, exceptions with codes, std::span (C++20) and the C++17 build.
+    cmake_build(&root.join("examples/cpp"), &work.join("cpp"), &prefix);
+    for exe in ["shared_table", "shared_table_cxx17"] {
+        let out = launch(4, &work.join("cpp").join(exe));
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with("ok rank") && l.ends_with("7 of 7 checks"))
+                .count(),
+            4,
+            "{exe}:\n{out}"
+        );
+    }
 
     cmake_build(
         &root.join("examples/fortran"),
