@@ -24,7 +24,12 @@ pub fn marker() -> String {
 
 /// A shm name of this run: `nodeshm-test-<marker>-<pid>-<tag>`.
 pub fn unique(tag: &str) -> String {
-    format!("nodeshm-test-{}-{}-{tag}", marker(), std::process::id())
+    format!(
+        "{}-test-{}-{}-{tag}",
+        nodeshm::arena::SHM_PREFIX,
+        marker(),
+        std::process::id()
+    )
 }
 
 /// This binary playing `role` with `arg` (see [`main`]), its stdout piped.
@@ -136,7 +141,7 @@ pub fn leftovers(marker: &str) -> Vec<String> {
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("nodeshm") && n.contains(marker))
+                .filter(|n| n.starts_with(nodeshm::arena::SHM_PREFIX) && n.contains(marker))
                 .collect()
         })
         .unwrap_or_default()
