@@ -1,7 +1,7 @@
 //! Helpers for tools built on nodeshm (its command line uses them): not part of the allocator
 //! API, and free to change between minor versions.
 
-pub use crate::arena::shm::{backing_space, process_start_time};
+pub use crate::arena::shm::{backing_space, process_alive, process_start_time};
 
 /// Formats a byte count for messages: "64.0 MiB (67108864 bytes)".
 pub fn human_bytes(bytes: u64) -> String {

@@ -126,6 +126,57 @@ fn role_halt_holding_lock() {
         .unwrap();
 }
 
+/// Child: attaches and waits to be killed (or told to leave on stdin closing).
+fn role_attach_and_wait() {
+    let arena = Arena::attach(&support::role_arg(), Duration::from_secs(10)).unwrap();
+    let _b = arena.allocate("held by a child", 100).unwrap();
+    println!("attached");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line); // returns when the parent closes stdin
+    drop(arena);
+}
+
+/// A killed attacher does not keep an `OnLastDetach` name alive: the arena records who is
+/// attached (pid and start time), and the last live process to detach unlinks it.
+fn killed_attacher_does_not_keep_the_name() {
+    let name = unique("killed-attacher");
+    let owner = Arena::create(&name, &Options::new(1 << 20).unlink(Unlink::OnLastDetach)).unwrap();
+    let _cleanup = Unlinker(&name);
+    let spawn_attacher = || {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(support::ROLE_ENV, format!("attach_and_wait:{name}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert_eq!(support::first_line(&mut child), "attached");
+        child
+    };
+    let mut killed = spawn_attacher();
+    let mut leaving = spawn_attacher();
+    let recorded = owner.info().attachers;
+    for pid in [std::process::id(), killed.id(), leaving.id()] {
+        assert!(
+            recorded.iter().any(|&(p, _)| p == pid),
+            "{pid} not in {recorded:?}"
+        );
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    drop(leaving.stdin.take()); // the other child detaches normally
+    assert!(leaving.wait().unwrap().success());
+    assert_eq!(
+        support::leftovers(&name).len(),
+        1,
+        "the owner is still attached"
+    );
+    drop(owner);
+    assert!(
+        support::leftovers(&name).is_empty(),
+        "the killed attacher kept {name} alive"
+    );
+}
+
 /// Child: takes the user lock and keeps it until killed.
 fn role_hold_user_lock() {
     let arena = Arena::attach(&support::role_arg(), Duration::from_secs(10)).unwrap();
@@ -422,6 +473,7 @@ fn main() {
             ("same_names", role_same_names),
             ("halt_holding_lock", role_halt_holding_lock),
             ("hold_user_lock", role_hold_user_lock),
+            ("attach_and_wait", role_attach_and_wait),
         ],
         &[
             (
@@ -438,6 +490,10 @@ fn main() {
                 full_backing_directory_is_an_error_not_a_sigbus,
             ),
             ("unlink_policies", unlink_policies),
+            (
+                "killed_attacher_does_not_keep_the_name",
+                killed_attacher_does_not_keep_the_name,
+            ),
             (
                 "user_lock_names_its_holder_and_survives_its_death",
                 user_lock_names_its_holder_and_survives_its_death,

@@ -16,7 +16,7 @@ use nix::sys::stat::Mode;
 use nodeshm::arena::{
     checked_regular, inspect, open_for_reading, Inspected, Inspection, SHM_PREFIX,
 };
-use nodeshm::sys::process_start_time;
+use nodeshm::sys::process_alive as alive;
 use serde::Serialize;
 
 /// A file's identity: (device, inode).
@@ -209,6 +209,8 @@ pub struct Row {
     pub creator_pid: u32,
     pub creator_alive: bool,
     pub attached_pids: Vec<u32>,
+    /// Live processes the arena's own attacher record lists (pid and start time checked).
+    pub recorded_attachers: Vec<u32>,
     pub owner_uid: u32,
     pub device: u64,
     pub inode: u64,
@@ -217,13 +219,6 @@ pub struct Row {
     pub reason: Option<String>,
     #[serde(skip)]
     pub inspection: Option<Box<Inspection>>,
-}
-
-/// True if `pid` runs and started at `start_time` (0: unknown, pid existence only).
-pub fn alive(pid: u32, start_time: u64) -> bool {
-    pid != 0
-        && Path::new(&format!("/proc/{pid}")).exists()
-        && (start_time == 0 || process_start_time(pid) == start_time)
 }
 
 fn empty_row(shm_name: String, path: PathBuf, named: bool, attached: Vec<u32>) -> Row {
@@ -241,6 +236,7 @@ fn empty_row(shm_name: String, path: PathBuf, named: bool, attached: Vec<u32>) -
         creator_pid: 0,
         creator_alive: false,
         attached_pids: attached,
+        recorded_attachers: Vec::new(),
         owner_uid: 0,
         device: 0,
         inode: 0,
@@ -269,7 +265,14 @@ fn fill(mut row: Row, file: &File, st: &nix::sys::stat::FileStat, max_entries: u
             row.job_token = format!("{:016x}", i.info.job_token);
             row.creator_pid = i.info.creator_pid;
             row.creator_alive = alive(i.info.creator_pid, i.info.creator_start_time);
-            row.state = if !row.attached_pids.is_empty() {
+            row.recorded_attachers = i
+                .info
+                .attachers
+                .iter()
+                .filter(|&&(pid, start)| alive(pid, start))
+                .map(|&(pid, _)| pid)
+                .collect();
+            row.state = if !row.attached_pids.is_empty() || !row.recorded_attachers.is_empty() {
                 "live"
             } else if row.creator_alive {
                 "idle"

@@ -123,6 +123,13 @@ pub(crate) fn info<M: Mem + ?Sized>(r: &M) -> ArenaInfo {
         created_unix_secs: w(l::CREATED_SECS),
         unlink: Unlink::decode(w32(l::UNLINK_POLICY), w32(l::EXPECTED_PEERS)),
         attach_count: w32(l::ATTACH_COUNT),
+        attachers: (0..l::ATTACHER_SLOTS as u64)
+            .map(|i| l::ATTACHERS + i * 16)
+            .filter_map(|slot| {
+                let pid = w(slot);
+                (pid != 0).then(|| (pid as u32, w(slot + 8)))
+            })
+            .collect(),
         unlinked: w32(l::UNLINKED) != 0,
         label: read_str(r, l::LABEL),
         placement: read_str(r, l::PLACEMENT),

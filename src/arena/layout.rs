@@ -14,7 +14,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -72,12 +72,20 @@ pub struct Header {
     pub damaged: u32,
     /// Pid of the user lock's holder (0: free), told to those who time out waiting for it.
     pub user_lock_holder_pid: u32,
-    pub _reserved: u32,
+    /// Handles attached beyond the recorded slots (counted, but not checked for being alive).
+    pub untracked_attachers: u32,
     pub recoveries: u64,
     pub meta: Meta,
     pub undo_len: u64,
     pub undo: [[u64; 2]; UNDO_CAPACITY as usize],
+    /// Who is attached: (pid, start time) per slot, pid 0 = free. A handle that drops counts
+    /// only attachers still alive, so a killed process does not keep an `OnLastDetach` name.
+    pub attachers: [[u64; 2]; ATTACHER_SLOTS],
 }
+
+/// Attached processes recorded by pid and start time; more attach, uncounted for that purpose
+/// (they are counted in `attach_count` only).
+pub const ATTACHER_SLOTS: usize = 256;
 
 /// Heap and directory metadata changed under the lock, one u64 word each.
 #[repr(C)]
@@ -129,6 +137,7 @@ pub const UNLINKED: u64 = off!(unlinked);
 pub const EXPECTED_PEERS: u64 = off!(expected_peers);
 pub const DAMAGED: u64 = off!(damaged);
 pub const USER_LOCK_HOLDER: u64 = off!(user_lock_holder_pid);
+pub const UNTRACKED: u64 = off!(untracked_attachers);
 pub const RECOVERIES: u64 = off!(recoveries);
 pub const USED: u64 = off!(meta.used);
 pub const LIVE_BLOCKS: u64 = off!(meta.live_blocks);
@@ -140,6 +149,7 @@ pub const SL_BITMAP: u64 = off!(meta.sl_bitmap);
 pub const HEADS: u64 = off!(meta.heads);
 pub const UNDO_LEN: u64 = off!(undo_len);
 pub const UNDO_ENTRIES: u64 = off!(undo);
+pub const ATTACHERS: u64 = off!(attachers);
 /// `header_size` and `unlink_policy` share words with neighbours; read them as u32.
 pub const HEADER_SIZE_OFF: u64 = off!(header_size);
 pub const UNLINK_POLICY: u64 = off!(unlink_policy);

@@ -148,6 +148,7 @@ impl Arena {
             lock::init(arena.mutex(l::LOCK))?;
             lock::init(arena.mutex(l::USER_LOCK))?;
         }
+        arena.record_attacher();
         heap::init(&r)?;
         r.write_bytes(l::MAGIC_OFF, &l::MAGIC)?;
         r.word32(l::INIT_STATE)
@@ -189,7 +190,8 @@ impl Arena {
             if let Some(file) = shm::open_existing(path, true, &trust)? {
                 match Self::check_ready(&file, path)? {
                     Ok(geo) => {
-                        let arena = Self::map(file, path.to_path_buf(), false, options, geo)?;
+                        let mut arena = Self::map(file, path.to_path_buf(), false, options, geo)?;
+                        arena.record_attacher();
                         arena.count_attach()?;
                         return Ok(arena);
                     }
@@ -316,7 +318,69 @@ impl Arena {
             page,
             lock_timeout: options.lock_timeout,
             held: Mutex::new(HeldMap::default()),
+            slot: None,
         })
+    }
+
+    /// Records this handle in the attacher record: a free slot, else one whose process is gone;
+    /// with none left the handle is counted as untracked.
+    fn record_attacher(&mut self) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let r = self.region;
+        let me = u64::from(self.pid);
+        let start = shm::process_start_time(self.pid);
+        let word = |off: u64| -> Option<&AtomicU64> { r.atomic_header(off) };
+        for pass in 0..2 {
+            for i in 0..l::ATTACHER_SLOTS as u64 {
+                let slot = l::ATTACHERS + i * 16;
+                let (Some(pid), Some(started)) = (word(slot), word(slot + 8)) else {
+                    continue;
+                };
+                let current = pid.load(Ordering::Acquire);
+                let free = current == 0
+                    || (pass == 1
+                        && !shm::process_alive(current as u32, started.load(Ordering::Acquire)));
+                if free
+                    && pid
+                        .compare_exchange(current, me, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    started.store(start, Ordering::Release);
+                    self.slot = Some(slot);
+                    return;
+                }
+            }
+        }
+        r.word32(l::UNTRACKED).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Removes this handle from the attacher record; returns whether another attached process
+    /// is still alive (recorded and running, or untracked).
+    fn forget_attacher(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let r = self.region;
+        match self.slot {
+            Some(slot) => {
+                if let (Some(pid), Some(started)) =
+                    (r.atomic_header(slot), r.atomic_header(slot + 8))
+                {
+                    started.store(0, Ordering::Release);
+                    pid.store(0, Ordering::Release);
+                }
+            }
+            None => {
+                let _ =
+                    r.word32(l::UNTRACKED)
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            }
+        }
+        if r.word32(l::UNTRACKED).load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        header::info(&r)
+            .attachers
+            .iter()
+            .any(|&(pid, start)| shm::process_alive(pid, start))
     }
 
     fn count_attach(&self) -> Result<()> {
@@ -422,13 +486,13 @@ impl Drop for Arena {
                 }
             }
         }
-        let remaining = self
-            .region
+        self.region
             .word32(l::ATTACH_COUNT)
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            .wrapping_sub(1);
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        // Counted by who is alive, not by the counter: a killed attacher never decremented it.
+        let others_alive = self.forget_attacher();
         let unlink = match self.info().unlink {
-            Unlink::OnLastDetach => remaining == 0,
+            Unlink::OnLastDetach => !others_alive,
             // The creator never leaves a name behind that peers failed to attach to.
             Unlink::AfterAttach { .. } => self.creator,
             Unlink::Never => false,

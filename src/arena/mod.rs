@@ -95,8 +95,11 @@ pub struct ArenaInfo {
     pub created_unix_secs: u64,
     /// When its name goes.
     pub unlink: Unlink,
-    /// Handles attached now (as counted in the arena).
+    /// Handles attached now (as counted in the arena, killed processes included).
     pub attach_count: u32,
+    /// The attached processes the arena records, (pid, start time), alive or not: test them
+    /// with [`crate::sys::process_alive`].
+    pub attachers: Vec<(u32, u64)>,
     /// Whether its name was removed already.
     pub unlinked: bool,
     /// What it is for (allocator name and scope instance).
@@ -126,6 +129,8 @@ pub struct Arena {
     lock_timeout: Duration,
     /// References this process holds: data offset -> (entry offset, count).
     held: Mutex<HeldMap>,
+    /// This handle's slot in the attacher record (None: not recorded).
+    slot: Option<u64>,
 }
 
 impl std::fmt::Debug for Arena {

@@ -112,6 +112,14 @@ impl Region {
         unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU32) }
     }
 
+    /// The atomic word at header offset `off` (inside the header every Region has); `None` for
+    /// an offset outside it or not word-aligned.
+    pub(crate) fn atomic_header(&self, off: u64) -> Option<&AtomicU64> {
+        (off % 8 == 0 && off + 8 <= l::HEADER_SIZE)
+            .then(|| self.word(off).ok())
+            .flatten()
+    }
+
     /// A header word (`off` is one of layout.rs's constants): cannot fail.
     pub(crate) fn header(&self, off: u64) -> u64 {
         assert!(

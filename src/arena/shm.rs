@@ -299,14 +299,28 @@ pub(crate) fn unlink(path: &Path) -> Result<()> {
     }
 }
 
-/// This process's start time in clock ticks since boot, from /proc (0 if unreadable).
-pub fn process_start_time(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
+/// State (field 3) and start time (field 22, clock ticks since boot) of `pid`, from
+/// `/proc/<pid>/stat`; `None` if there is no such process.
+fn process_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 2 (comm) may contain spaces and parentheses: count fields after the last ')'.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// A process's start time in clock ticks since boot, from /proc (0 if unreadable).
+pub fn process_start_time(pid: u32) -> u64 {
+    process_stat(pid).map_or(0, |(_, start)| start)
+}
+
+/// Whether `pid` is a running process (not a zombie) that started at `start_time` (0: any), so
+/// that a reused pid is not taken for the process that was recorded.
+pub fn process_alive(pid: u32, start_time: u64) -> bool {
+    pid != 0
+        && process_stat(pid).is_some_and(|(state, start)| {
+            !matches!(state, 'Z' | 'X' | 'x') && (start_time == 0 || start == start_time)
+        })
 }
