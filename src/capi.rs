@@ -11,9 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mpi::ffi::MPI_Comm;
-use mpi::raw::{AsRaw, FromRaw};
-use mpi::topology::SimpleCommunicator;
+use mpi::raw::AsRaw;
 
 use crate::arena::{HugePages, Stats};
 use crate::error::{Error, ErrorCode, Result};
@@ -58,18 +56,6 @@ fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
             ErrorCode::Internal as c_int
         }
     }
-}
-
-/// Fails unless MPI is initialised and not finalized: checked before any MPI call, so that a
-/// call after `MPI_Finalize` is an error instead of an abort inside MPI.
-fn mpi_running() -> Result<()> {
-    if mpi::environment::is_finalized() {
-        return Err(Error::MpiFinalized("finalized".into()));
-    }
-    if !mpi::environment::is_initialized() {
-        return Err(Error::MpiFinalized("not initialised".into()));
-    }
-    Ok(())
 }
 
 fn null(what: &str) -> Error {
@@ -341,45 +327,14 @@ pub unsafe extern "C" fn nodeshm_manager_create(
     out: *mut *mut NodeshmManager,
 ) -> c_int {
     guard(|| {
-        mpi_running()?;
-        // SAFETY: converting a handle value has no preconditions beyond MPI being initialised.
-        let raw: MPI_Comm = unsafe { mpi::ffi::RSMPI_Comm_f2c(comm) };
-        // SAFETY: an all-zero handle is never a valid communicator in any MPI (Open MPI's
-        // f2c returns a null pointer for an index it does not know; MPICH's handles carry
-        // kind bits): `zeroed` only builds a value of the handle type to compare with.
-        let zero: MPI_Comm = unsafe { std::mem::zeroed() };
-        // SAFETY: reading the MPI library's constant.
-        if raw == zero || raw == unsafe { mpi::ffi::RSMPI_COMM_NULL } {
-            return Err(Error::InvalidArgument(format!(
-                "communicator {comm} is MPI_COMM_NULL or not a communicator"
-            )));
-        }
-        let mut inter: c_int = 0;
-        // SAFETY: `raw` is a communicator handle of the caller's; `inter` is writable.
-        unsafe { mpi::ffi::MPI_Comm_test_inter(raw, &mut inter) };
-        if inter != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "communicator {comm} is an inter-communicator; pass an intra-communicator"
-            )));
-        }
-        // rsmpi wraps only communicators it may own, so work on a private duplicate (freed when
-        // `user` drops); the caller's handle, MPI_COMM_WORLD included, is never touched.
-        let mut dup = raw;
-        // SAFETY: `raw` is a valid intra-communicator; `dup` is writable.
-        let rc = unsafe { mpi::ffi::MPI_Comm_dup(raw, &mut dup) };
-        if rc != 0 {
-            return Err(Error::Mpi(format!(
-                "MPI_Comm_dup of communicator {comm} failed with code {rc}"
-            )));
-        }
-        // SAFETY: `dup` is a fresh user communicator that nothing else owns.
-        let user = unsafe { SimpleCommunicator::from_raw(dup) };
+        crate::comm::mpi_running()?;
         // A NULL `out` on one rank must fail on every rank, before the collective creation.
         let out_ok = if out.is_null() {
             Err(null("out"))
         } else {
             Ok(())
         };
+        let user = crate::comm::from_fortran(comm)?;
         crate::comm::agree(&user, out_ok)?;
         let rm = ResourceManager::new(&user)?;
         // SAFETY: forwarded contract.
@@ -414,7 +369,7 @@ pub unsafe extern "C" fn nodeshm_make_resource(
     out: *mut *mut NodeshmAllocator,
 ) -> c_int {
     guard(|| {
-        mpi_running()?;
+        crate::comm::mpi_running()?;
         // The manager carries the communicator, so it must be valid on every rank; every other
         // argument is checked on each rank and the outcome agreed on by all of them first.
         // SAFETY: forwarded contract.
@@ -599,7 +554,7 @@ pub unsafe extern "C" fn nodeshm_allocator_comm(
     out: *mut c_int,
 ) -> c_int {
     guard(|| {
-        mpi_running()?;
+        crate::comm::mpi_running()?;
         // SAFETY: forwarded contract.
         let a = unsafe { handle(a, "allocator")? };
         // SAFETY: the communicator is valid while the allocator lives.

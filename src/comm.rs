@@ -43,6 +43,63 @@ impl std::fmt::Debug for OwnedComm {
     }
 }
 
+/// Fails with `MpiFinalized` unless MPI is initialised and not finalized: checked before any MPI
+/// call made for another language (the C ABI, Python), so that a call after `MPI_Finalize` is an
+/// error instead of an abort inside MPI.
+pub fn mpi_running() -> Result<()> {
+    if mpi::environment::is_finalized() {
+        return Err(Error::MpiFinalized("finalized".into()));
+    }
+    if !mpi::environment::is_initialized() {
+        return Err(Error::MpiFinalized("not initialised".into()));
+    }
+    Ok(())
+}
+
+/// A private duplicate of the communicator whose Fortran handle (`MPI_Comm_c2f`) is `comm_f`,
+/// for bindings to other languages (C, Fortran, Python's `comm.py2f()`): handles of every MPI
+/// cross as Fortran integers. Collective over that communicator.
+///
+/// Fails with `InvalidArgument` for `MPI_COMM_NULL`, a handle the MPI does not know (where it
+/// lets us tell: Open MPI) and inter-communicators; with `MpiFinalized` outside MPI_Init..Finalize.
+pub fn from_fortran(comm_f: i32) -> Result<SimpleCommunicator> {
+    use mpi::ffi::MPI_Comm;
+    use mpi::raw::FromRaw;
+    mpi_running()?;
+    // SAFETY: converting a handle value has no preconditions beyond MPI being initialised.
+    let raw: MPI_Comm = unsafe { mpi::ffi::RSMPI_Comm_f2c(comm_f) };
+    // SAFETY: an all-zero handle is never a valid communicator in any MPI (Open MPI's f2c returns
+    // a null pointer for an index it does not know; MPICH's handles carry kind bits): `zeroed`
+    // only builds a value of the handle type to compare with.
+    let zero: MPI_Comm = unsafe { std::mem::zeroed() };
+    // SAFETY: reading the MPI library's constant.
+    if raw == zero || raw == unsafe { mpi::ffi::RSMPI_COMM_NULL } {
+        return Err(Error::InvalidArgument(format!(
+            "communicator {comm_f} is MPI_COMM_NULL or not a communicator"
+        )));
+    }
+    let mut inter: std::ffi::c_int = 0;
+    // SAFETY: `raw` is a communicator handle of the caller's; `inter` is writable.
+    unsafe { mpi::ffi::MPI_Comm_test_inter(raw, &mut inter) };
+    if inter != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "communicator {comm_f} is an inter-communicator; pass an intra-communicator"
+        )));
+    }
+    // rsmpi wraps only communicators it may own, so work on a private duplicate; the caller's
+    // handle, MPI_COMM_WORLD included, is never touched.
+    let mut dup = raw;
+    // SAFETY: `raw` is a valid intra-communicator; `dup` is writable.
+    let rc = unsafe { mpi::ffi::MPI_Comm_dup(raw, &mut dup) };
+    if rc != 0 {
+        return Err(Error::Mpi(format!(
+            "MPI_Comm_dup of communicator {comm_f} failed with code {rc}"
+        )));
+    }
+    // SAFETY: `dup` is a fresh user communicator that nothing else owns.
+    Ok(unsafe { SimpleCommunicator::from_raw(dup) })
+}
+
 /// A private duplicate of `comm`. Collective over `comm`.
 pub fn duplicate<C: Communicator>(comm: &C) -> OwnedComm {
     OwnedComm::new(comm.duplicate())
