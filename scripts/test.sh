@@ -24,7 +24,7 @@ section "format and lints (Open MPI)"
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     # The arena layer (and the command line) must build without MPI and hwloc.
-    cargo clippy --workspace --no-default-features --lib --bins -- -D warnings
+    cargo clippy -p nodeshm -p nodeshm-cli --no-default-features --lib --bins -- -D warnings
     # The crate docs build without a warning (missing docs, broken links).
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p nodeshm
     # A library user compiles only what the library needs: no command-line crates.
@@ -67,6 +67,21 @@ else
     tests/tools/slurm-local.sh stop
     trap - EXIT
 fi
+
+# The Python package, built against each MPI with mpi4py built against the same one: pytest
+# (MPI jobs of 1, 2 and 4 ranks, multiprocessing), the example and the benchmark's short run.
+for impl in openmpi mpich; do
+    section "Python package and tests ($impl)"
+    (
+        export NODESHM_MPI=$impl
+        source scripts/mpi-env.sh
+        py=$(scripts/python-env.sh)
+        "$py" -m pytest -q python/tests
+        scripts/mpi-launch.sh -n 4 -- "$py" examples/python/node_table.py --mib 16
+        scripts/mpi-launch.sh -n 2 -- "$py" examples/python/bench.py -n 200 > "$CARGO_TARGET_DIR/python-bench.txt"
+        echo "python benchmark ran: $(grep -c . "$CARGO_TARGET_DIR/python-bench.txt") lines"
+    )
+done
 
 # The benchmark's quick mode, so it keeps working (debug build: figures are not meaningful here
 # and nothing is asserted about them; scripts/bench.sh measures for real).

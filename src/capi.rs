@@ -384,7 +384,7 @@ pub unsafe extern "C" fn nodeshm_make_resource(
             }
             Ok((name, t.0.clone()))
         })();
-        let (name, traits) = m.0.agree_locally(args)?;
+        let (name, traits) = m.0.agree_on(args)?;
         let a = m.0.make_resource(name, traits)?;
         // SAFETY: forwarded contract.
         unsafe { put(out, Box::into_raw(Box::new(NodeshmAllocator(a))), "out") }

@@ -225,7 +225,7 @@ impl ResourceManager {
     /// Collective over the manager's communicator: every rank learns whether any rank's
     /// `local` failed (the first failing rank's error, on every rank), so that checks a caller
     /// makes before a collective call (the C ABI's argument checks) never leave ranks waiting.
-    pub(crate) fn agree_locally<T>(&self, local: Result<T>) -> Result<T> {
+    pub fn agree_on<T>(&self, local: Result<T>) -> Result<T> {
         comm::agree(&self.comm, local)
     }
 
