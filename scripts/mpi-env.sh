@@ -10,6 +10,8 @@
 # Debian installs both MPIs side by side with suffixed wrappers (mpicc.openmpi, mpicc.mpich);
 # elsewhere the plain names are used. NODESHM_LAUNCHER (mpirun or srun) is read by
 # scripts/mpi-launch.sh.
+# Absolute, so that builds run from another directory (maturin builds python/) share it.
+nodeshm_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NODESHM_MPI=${NODESHM_MPI:-openmpi}
 NODESHM_LAUNCHER=${NODESHM_LAUNCHER:-mpirun}
 export NODESHM_MPI NODESHM_LAUNCHER
@@ -25,13 +27,13 @@ case $NODESHM_MPI in
         MPICC=$(nodeshm_first_command mpicc.openmpi mpicc)
         MPICXX=$(nodeshm_first_command mpicxx.openmpi mpicxx)
         MPIFC=$(nodeshm_first_command mpif90.openmpi mpif90)
-        CARGO_TARGET_DIR=${NODESHM_TARGET_BASE:-target}
+        CARGO_TARGET_DIR=${NODESHM_TARGET_BASE:-$nodeshm_root/target}
         ;;
     mpich)
         MPICC=$(nodeshm_first_command mpicc.mpich mpicc)
         MPICXX=$(nodeshm_first_command mpicxx.mpich mpicxx)
         MPIFC=$(nodeshm_first_command mpif90.mpich mpif90)
-        CARGO_TARGET_DIR=${NODESHM_TARGET_BASE:-target}/mpich
+        CARGO_TARGET_DIR=${NODESHM_TARGET_BASE:-$nodeshm_root/target}/mpich
         ;;
     *)
         echo "NODESHM_MPI=$NODESHM_MPI: expected openmpi or mpich" >&2
