@@ -439,49 +439,65 @@ impl PyAllocator {
     }
 }
 
+/// One of `choices`, by its Python spelling; the error lists them all.
+fn parse<T: Copy>(what: &str, s: &str, choices: &[(&str, T)]) -> nodeshm::Result<T> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|&(_, value)| value)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            invalid(format!("{what} {s:?}: use one of {}", names.join(", ")))
+        })
+}
+
 fn parse_scope(s: &str) -> nodeshm::Result<Scope> {
-    match s {
-        "node" => Ok(Scope::Node),
-        "socket" => Ok(Scope::Socket),
-        "numa" => Ok(Scope::Numa),
-        _ => Err(invalid(format!(
-            "scope {s:?}: use \"node\", \"socket\" or \"numa\""
-        ))),
-    }
+    parse(
+        "scope",
+        s,
+        &[
+            ("node", Scope::Node),
+            ("socket", Scope::Socket),
+            ("numa", Scope::Numa),
+        ],
+    )
 }
 
 fn parse_unlink(s: &str) -> nodeshm::Result<UnlinkPolicy> {
-    match s {
-        "after_attach" => Ok(UnlinkPolicy::AfterAttach),
-        "on_last_detach" => Ok(UnlinkPolicy::OnLastDetach),
-        "never" => Ok(UnlinkPolicy::Never),
-        _ => Err(invalid(format!(
-            "unlink {s:?}: use \"after_attach\", \"on_last_detach\" or \"never\""
-        ))),
-    }
+    parse(
+        "unlink",
+        s,
+        &[
+            ("after_attach", UnlinkPolicy::AfterAttach),
+            ("on_last_detach", UnlinkPolicy::OnLastDetach),
+            ("never", UnlinkPolicy::Never),
+        ],
+    )
 }
 
 fn parse_huge(s: &str) -> nodeshm::Result<HugePages> {
-    match s {
-        "never" => Ok(HugePages::Never),
-        "transparent" => Ok(HugePages::Transparent),
-        "required" => Ok(HugePages::Required),
-        _ => Err(invalid(format!(
-            "huge_pages {s:?}: use \"never\", \"transparent\" or \"required\""
-        ))),
-    }
+    parse(
+        "huge_pages",
+        s,
+        &[
+            ("never", HugePages::Never),
+            ("transparent", HugePages::Transparent),
+            ("required", HugePages::Required),
+        ],
+    )
 }
 
 fn parse_numa(s: &str) -> nodeshm::Result<NumaPolicy> {
-    match s {
-        "auto" => Ok(NumaPolicy::Auto),
-        "first_touch" => Ok(NumaPolicy::FirstTouch),
-        "bind" => Ok(NumaPolicy::Bind),
-        "interleave" => Ok(NumaPolicy::Interleave),
-        _ => Err(invalid(format!(
-            "numa {s:?}: use \"auto\", \"first_touch\", \"bind\" or \"interleave\""
-        ))),
-    }
+    parse(
+        "numa",
+        s,
+        &[
+            ("auto", NumaPolicy::Auto),
+            ("first_touch", NumaPolicy::FirstTouch),
+            ("bind", NumaPolicy::Bind),
+            ("interleave", NumaPolicy::Interleave),
+        ],
+    )
 }
 
 /// A resource manager over an mpi4py communicator (given as its Fortran handle).
