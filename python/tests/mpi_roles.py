@@ -71,6 +71,17 @@ def basic():
     t2 = a.get_or_init("eos", shape=(1000,), dtype="f8", init=fill)
     assert len(calls) == (1 if rank == 0 else 0) and t2[500] == t[500]
 
+    # An init that raises: every rank gets the error, nothing is left half-made.
+    def broken(arr):
+        raise RuntimeError("no table today")
+
+    try:
+        a.get_or_init("broken", shape=(10,), dtype="f8", init=broken)
+        raise AssertionError("no error from a raising init")
+    except nodeshm.InvalidArgument as e:
+        assert "no table today" in str(e) and e.rank == 0, vars(e)
+    assert a.find("broken") is None
+
     # Typed errors with their fields.
     try:
         a.allocate("halo", shape=(10,), dtype=np.float64)
