@@ -4,10 +4,11 @@
 # PMIx (the srun tests start a throwaway local Slurm),
 # hwloc (topology and memory binding), libclang (rsmpi generates its MPI bindings with bindgen),
 # libudev and pkg-config (hwloc's and rsmpi's build scripts), cmake and gfortran (the C/Fortran
-# package and its examples), util-linux (unshare, for the multi-node tests).
+# package and its examples), util-linux (unshare, for the multi-node tests), Boost headers (the
+# benchmark builds a Boost.Interprocess peer).
 set -euo pipefail
 packages=(libopenmpi-dev openmpi-bin mpich libmpich-dev libhwloc-dev hwloc libclang-dev libudev-dev
-          pkg-config cmake gfortran g++ util-linux slurm-wlm munge libpmix-dev)
+          pkg-config cmake gfortran g++ util-linux slurm-wlm munge libpmix-dev libboost-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

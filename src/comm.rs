@@ -4,12 +4,27 @@
 
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use mpi::collective::SystemOperation;
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::error::{Error, Result, Wire};
+
+static COLLECTIVES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one collective call made by this module (reductions, broadcasts, splits, duplicates).
+fn counted() {
+    COLLECTIVES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many collective MPI calls this process made through the library so far (every
+/// reduction, broadcast, split and duplicate). The benchmark reports the difference around a
+/// call, e.g. the collective rounds of one `make_resource`. Local.
+pub fn collective_calls() -> u64 {
+    COLLECTIVES.load(Ordering::Relaxed)
+}
 
 /// A communicator this library owns. Freed on drop, unless MPI is already finalized (freeing
 /// then would abort the job), in which case the handle is simply forgotten.
@@ -102,16 +117,19 @@ pub fn from_fortran(comm_f: i32) -> Result<SimpleCommunicator> {
 
 /// A private duplicate of `comm`. Collective over `comm`.
 pub fn duplicate<C: Communicator>(comm: &C) -> OwnedComm {
+    counted();
     OwnedComm::new(comm.duplicate())
 }
 
 /// The ranks of `comm` on this node (`MPI_COMM_TYPE_SHARED`). Collective over `comm`.
 pub fn split_node(comm: &SimpleCommunicator) -> OwnedComm {
+    counted();
     OwnedComm::new(comm.split_shared(comm.rank()))
 }
 
 /// The ranks of `comm` that pass the same `color`, ordered by rank. Collective over `comm`.
 pub fn split_by(comm: &SimpleCommunicator, color: i32) -> Result<OwnedComm> {
+    counted();
     comm.split_by_color_with_key(Color::with_value(color), comm.rank())
         .map(OwnedComm::new)
         .ok_or_else(|| {
@@ -134,6 +152,7 @@ pub fn job_token(comm: &SimpleCommunicator) -> u64 {
             .map_or(0, |d| d.as_nanos() as u64);
         token = u64::from_ne_bytes(bytes) ^ now ^ ((std::process::id() as u64) << 40);
     }
+    counted();
     comm.process_at_rank(0).broadcast_into(&mut token);
     token
 }
@@ -141,6 +160,7 @@ pub fn job_token(comm: &SimpleCommunicator) -> u64 {
 /// Broadcasts a string from `root`. Collective over `comm`.
 fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String {
     let mut len = text.len() as u64;
+    counted();
     comm.process_at_rank(root).broadcast_into(&mut len);
     let mut bytes = if comm.rank() == root {
         text.as_bytes().to_vec()
@@ -148,6 +168,7 @@ fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String 
         vec![0u8; len as usize]
     };
     if len > 0 {
+        counted();
         comm.process_at_rank(root).broadcast_into(&mut bytes[..]);
     }
     String::from_utf8_lossy(&bytes).into_owned()
@@ -160,25 +181,63 @@ fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String 
 /// and fields (the original on that rank, a copy on the others), and how many ranks failed;
 /// successful values are dropped. One reduction when all went well.
 pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
-    let rank = comm.rank();
-    let mine = if local.is_err() { rank } else { i32::MAX };
+    let mine = if local.is_err() { comm.rank() } else { i32::MAX };
     let mut first = i32::MAX;
+    counted();
     comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
     if first == i32::MAX {
         return local;
     }
+    Err(spread(comm, first, local))
+}
+
+/// [`check_same`] and [`agree`] in one reduction: every rank passed the same `description`, and
+/// every rank's `local` step succeeded. A mismatch is reported first (it explains any failure).
+/// Collective over `comm`.
+pub fn agree_same<T>(
+    comm: &SimpleCommunicator,
+    what: &str,
+    description: &str,
+    local: Result<T>,
+) -> Result<T> {
+    let hash = fnv(description.as_bytes());
+    // max(!h) is !min(h); the lowest failing rank r is the largest MAX - r.
+    let failing = if local.is_err() {
+        u64::MAX - comm.rank() as u64
+    } else {
+        0
+    };
+    let mut out = [0u64; 3];
+    counted();
+    comm.all_reduce_into(&[hash, !hash, failing][..], &mut out[..], SystemOperation::max());
+    if out[0] != !out[1] {
+        return Err(mismatch(comm, what, description, hash));
+    }
+    if out[2] == 0 {
+        return local;
+    }
+    Err(spread(comm, (u64::MAX - out[2]) as i32, local))
+}
+
+/// The failure path of an agreement: every rank learns the error of rank `first` (the lowest
+/// that failed) and how many failed. Collective over `comm`.
+fn spread<T>(comm: &SimpleCommunicator, first: i32, local: Result<T>) -> Error {
+    let rank = comm.rank();
     let failed_here = i32::from(local.is_err());
     let mut failed = 0i32;
+    counted();
     comm.all_reduce_into(&failed_here, &mut failed, SystemOperation::sum());
     let wire = match &local {
         Err(e) if rank == first => Wire::of(e),
         _ => Wire::default(),
     };
     let mut count = wire.nums.len() as u64;
+    counted();
     comm.process_at_rank(first).broadcast_into(&mut count);
     let mut nums = wire.nums.clone();
     nums.resize(count as usize, 0);
     if count > 0 {
+        counted();
         comm.process_at_rank(first).broadcast_into(&mut nums[..]);
     }
     let joined = wire
@@ -196,11 +255,19 @@ pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
         }
         .decode(),
     };
-    Err(Error::Collective {
+    Error::Collective {
         rank: first,
         failed_ranks: failed,
         source: Box::new(source),
-    })
+    }
+}
+
+/// Rank `root`'s `flag`, on every rank. Collective over `comm`.
+pub fn broadcast_flag(comm: &SimpleCommunicator, root: i32, flag: bool) -> bool {
+    let mut value = u8::from(flag);
+    counted();
+    comm.process_at_rank(root).broadcast_into(&mut value);
+    value != 0
 }
 
 /// Checks that every rank passed the same `description` (of a call's arguments); if not, every
@@ -210,6 +277,7 @@ pub fn check_same(comm: &SimpleCommunicator, what: &str, description: &str) -> R
     let hash = fnv(description.as_bytes());
     // One reduction for both extremes: max(!h) is !min(h).
     let mut extremes = [0u64; 2];
+    counted();
     comm.all_reduce_into(
         &[hash, !hash][..],
         &mut extremes[..],
@@ -218,7 +286,14 @@ pub fn check_same(comm: &SimpleCommunicator, what: &str, description: &str) -> R
     if extremes[0] == !extremes[1] {
         return Ok(());
     }
+    Err(mismatch(comm, what, description, hash))
+}
+
+/// The error when ranks passed different arguments: names the first rank that differs from rank
+/// 0 and both descriptions. Collective over `comm` (every rank takes this path together).
+fn mismatch(comm: &SimpleCommunicator, what: &str, description: &str, hash: u64) -> Error {
     let mut root_hash = hash;
+    counted();
     comm.process_at_rank(0).broadcast_into(&mut root_hash);
     let mine = if hash != root_hash {
         comm.rank()
@@ -226,13 +301,14 @@ pub fn check_same(comm: &SimpleCommunicator, what: &str, description: &str) -> R
         i32::MAX
     };
     let mut first = i32::MAX;
+    counted();
     comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
     let theirs = broadcast_string(comm, first, description);
     let root = broadcast_string(comm, 0, description);
-    Err(Error::InvalidArgument(format!(
+    Error::InvalidArgument(format!(
         "{what} is collective and needs the same arguments on every rank, but rank {first} passed \
          [{theirs}] while rank 0 passed [{root}]"
-    )))
+    ))
 }
 
 fn fnv(bytes: &[u8]) -> u64 {

@@ -84,7 +84,7 @@ pub mod manager;
 #[cfg(feature = "mpi")]
 pub mod placement;
 
-pub use arena::{Arena, Block, HugePages};
+pub use arena::{Arena, Block, HugePages, Reservation};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "mpi")]
 pub use manager::{Allocator, ResourceManager, SharedSlice, Traits, UnlinkPolicy};

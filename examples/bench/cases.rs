@@ -17,9 +17,10 @@ pub struct Ctx<'a> {
     pub quick: bool,
     pub report: Report,
     pub huge_dir: Option<String>,
+    pub hugetlb_dir: Option<String>,
 }
 
-const MIB: u64 = 1 << 20;
+pub const MIB: u64 = 1 << 20;
 
 fn reduce(comm: &SimpleCommunicator, v: f64, op: SystemOperation) -> f64 {
     let mut out = 0f64;
@@ -45,102 +46,16 @@ fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn size_label(bytes: u64) -> String {
+pub fn size_label(bytes: u64) -> String {
     if bytes >= 1 << 30 {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{} MiB", bytes >> 20)
-    }
-}
-
-/// Each rank writes its share of `len` bytes at `base`.
-///
-/// # Safety
-/// `base..base+len` is a live shared mapping that nobody else uses during the call except the
-/// other ranks, each on its own share.
-unsafe fn touch_share(base: *mut u8, len: usize, rank: usize, ranks: usize) {
-    let (from, to) = (len * rank / ranks, len * (rank + 1) / ranks);
-    // SAFETY: per the contract, [from, to) is this rank's own part of the mapping.
-    unsafe { std::ptr::write_bytes(base.add(from), 1, to - from) };
-}
-
-/// Case 1 (and the prefault part of placement): time to ready, and to ready plus every byte
-/// touched once, for nodeshm against MPI_Win_allocate_shared.
-pub fn creation(ctx: &mut Ctx) {
-    let world = ctx.world;
-    let node = ctx.rm.node_communicator();
-    let (rank, ranks) = (node.rank() as usize, node.size() as usize);
-    let sizes: &[u64] = if ctx.quick {
-        &[MIB, 64 * MIB, 256 * MIB]
-    } else {
-        &[MIB, 64 * MIB, 1024 * MIB]
-    };
-    let reps = if ctx.quick { 2 } else { 3 };
-    let largest = *sizes.last().unwrap();
-    for &size in sizes {
-        let mut variants = vec!["nodeshm", "MPI_Win_allocate_shared"];
-        if size == largest {
-            variants.insert(1, "nodeshm + prefault");
-            variants.insert(1, "nodeshm first-touch");
-        }
-        for variant in variants {
-            let (mut ready, mut touched) = (Vec::new(), Vec::new());
-            for rep in 0..reps {
-                world.barrier();
-                let t0 = Instant::now();
-                if variant.starts_with("nodeshm") {
-                    let name = format!("SHARED::create-{size}-{rep}-{}", variant.len());
-                    let mut traits = Traits::new(size).prefault(variant.ends_with("prefault"));
-                    if variant.ends_with("first-touch") {
-                        traits = traits.numa(nodeshm::NumaPolicy::FirstTouch);
-                    }
-                    let alloc = ctx.rm.make_resource(&name, traits).expect("make_resource");
-                    ready.push(max(world, t0.elapsed().as_secs_f64()));
-                    let usable = size - (size / 64).max(256 << 10);
-                    let block = alloc
-                        .allocate_aligned("all", usable, 4096)
-                        .expect("allocate");
-                    // SAFETY: each rank writes only its share of the block.
-                    unsafe { touch_share(block.as_ptr(), usable as usize, rank, ranks) };
-                    world.barrier();
-                    touched.push(max(world, t0.elapsed().as_secs_f64()));
-                    alloc.deallocate(block).expect("deallocate");
-                    ctx.rm.remove_allocator(&name);
-                    drop(alloc);
-                } else {
-                    let win = SharedWindow::allocate(node, size as usize);
-                    ready.push(max(world, t0.elapsed().as_secs_f64()));
-                    // SAFETY: each rank writes only its share of the window.
-                    unsafe { touch_share(win.base, win.size, rank, ranks) };
-                    world.barrier();
-                    touched.push(max(world, t0.elapsed().as_secs_f64()));
-                    drop(win);
-                }
-                world.barrier();
-            }
-            let label = size_label(size);
-            ctx.report.add(
-                "creation",
-                variant,
-                &label,
-                "ready",
-                median(&mut ready) * 1e3,
-                "ms",
-            );
-            ctx.report.add(
-                "creation",
-                variant,
-                &label,
-                "ready+touched",
-                median(&mut touched) * 1e3,
-                "ms",
-            );
-        }
     }
 }
 

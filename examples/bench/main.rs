@@ -5,10 +5,13 @@
 //!
 //!     mpirun -n 4 target/release/examples/bench [--quick] [--json bench.json] [--svg bench.svg]
 //!                                                [--huge-dir <tmpfs mounted huge=always>]
+//!                                                [--hugetlb-dir <hugetlbfs mount>]
+//!                                                [--only creation|named|contention|memory|random]
 //!
 //! `scripts/bench.sh` runs it with the arguments used for the README.
 
 mod cases;
+mod creation;
 mod mpiwin;
 mod report;
 
@@ -103,15 +106,30 @@ fn main() {
         quick,
         report: report::Report::default(),
         huge_dir: arg("--huge-dir"),
+        hugetlb_dir: arg("--hugetlb-dir"),
     };
     let ranks = world.size();
     let started = std::time::Instant::now();
-    cases::creation(&mut ctx);
-    let ours = cases::named(&mut ctx);
-    let windows = cases::mpi_windows(&mut ctx);
-    cases::contention(&mut ctx);
-    cases::memory_and_bandwidth(&mut ctx);
-    cases::random_access(&mut ctx);
+    // `--only CASE` runs one case (creation, named, contention, memory, random).
+    let only = arg("--only");
+    let wanted = |case: &str| only.as_deref().is_none_or(|o| o == case);
+    if wanted("creation") {
+        creation::creation(&mut ctx);
+    }
+    let (mut ours, mut windows) = (Vec::new(), Vec::new());
+    if wanted("named") {
+        ours = cases::named(&mut ctx);
+        windows = cases::mpi_windows(&mut ctx);
+    }
+    if wanted("contention") {
+        cases::contention(&mut ctx);
+    }
+    if wanted("memory") {
+        cases::memory_and_bandwidth(&mut ctx);
+    }
+    if wanted("random") {
+        cases::random_access(&mut ctx);
+    }
     world.barrier();
     if world.rank() != 0 {
         return;

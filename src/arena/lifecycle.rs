@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use super::header::{self, HeaderState};
 use super::layout as l;
 use super::region::{Mem, Region};
-use super::{heap, lock, page_size, shm, Arena, HeldMap, HugePages, Options, Unlink};
+use super::{heap, lock, page_size, shm, Arena, HeldMap, HugePages, Options, Reservation, Unlink};
 use crate::error::{Error, Result};
 
 impl Arena {
@@ -317,6 +317,7 @@ impl Arena {
             pid: std::process::id(),
             page,
             lock_timeout: options.lock_timeout,
+            reservation: options.reservation,
             held: Mutex::new(HeldMap::default()),
             slot: None,
         })
@@ -412,22 +413,68 @@ impl Arena {
     }
 
     /// Reserves (allocates) the arena's pages in `offset..offset + len`, rounded out to whole
-    /// pages, in this process: for arenas created with `reserve_at_create(false)`, whose
-    /// processes reserve their own shares in parallel (and so place them by first touch).
-    /// Fails with `NoSpaceInBacking` (or `Placement` on hugetlbfs) naming the whole arena.
+    /// pages, in this process, the way [`Options::reservation`] says: for arenas created with
+    /// `reserve_at_create(false)`, whose processes reserve their own shares in parallel (and so
+    /// place them by first touch). Fails with `NoSpaceInBacking` (or `Placement` on hugetlbfs)
+    /// naming the whole arena.
     pub fn reserve(&self, offset: u64, len: u64) -> Result<()> {
         let start = offset / self.page * self.page;
         let end = l::round_up(offset.saturating_add(len), self.page).min(self.region.len());
         if start >= end {
             return Ok(());
         }
-        shm::reserve(
-            &self._file,
-            &self.path,
-            start,
-            end - start,
-            self.region.len(),
-        )
+        let total = self.region.len();
+        let fallocate = || shm::reserve(&self._file, &self.path, start, end - start, total);
+        match self.reservation {
+            Reservation::Fallocate => fallocate(),
+            Reservation::Populate => self.populate_write(start, end, fallocate),
+            Reservation::FallocateThenPopulate => {
+                fallocate()?;
+                self.populate_write(start, end, || Ok(()))
+            }
+        }
+    }
+
+    /// `MADV_POPULATE_WRITE` over `start..end` (page-aligned, inside the mapping); `fallback`
+    /// where the kernel does not have it. A page that cannot be allocated is an error here,
+    /// where a write would have been a SIGBUS.
+    fn populate_write(&self, start: u64, end: u64, fallback: impl Fn() -> Result<()>) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        for _ in 0..16 {
+            // SAFETY: `start..end` lies inside this process's live mapping (clamped by the
+            // caller); POPULATE_WRITE allocates and maps pages without changing their contents.
+            let rc = unsafe {
+                libc::madvise(
+                    self.region.base().as_ptr().add(start as usize).cast(),
+                    (end - start) as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Kernels before 5.14 (or a mapping it does not support).
+                Some(libc::EINVAL) => return fallback(),
+                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                // EFAULT: the fault would have raised SIGBUS (the file system is full).
+                Some(libc::EFAULT) | Some(libc::ENOMEM) | Some(libc::ENOSPC) => {
+                    return Err(shm::no_space(dir, self.region.len()))
+                }
+                _ => {
+                    return Err(Error::io(
+                        format!(
+                            "populating {} bytes at {start} of {}",
+                            end - start,
+                            self.path.display()
+                        ),
+                        err,
+                    ))
+                }
+            }
+        }
+        fallback()
     }
 
     /// Bytes of the arena's memory allocated so far (reserved pages), from the file's block count.

@@ -152,6 +152,18 @@ pub(crate) fn create(path: &Path, mode: u32, size: u64) -> Result<File> {
 /// full backing file system (or too few huge pages) is an error here rather than a SIGBUS on
 /// first touch. Pages are allocated by the calling process under the memory policy already set
 /// on the mapping: that is how NUMA placement and first touch are applied.
+/// The error for an arena of `total` bytes that the backing directory `dir` cannot hold.
+pub(crate) fn no_space(dir: &Path, total: u64) -> Error {
+    match backing_kind(dir) {
+        BackingKind::Hugetlbfs { page_size } => huge_pages_error(dir, total, page_size),
+        _ => Error::NoSpaceInBacking {
+            dir: dir.to_path_buf(),
+            requested: total,
+            available: available_bytes(dir).unwrap_or(0),
+        },
+    }
+}
+
 pub(crate) fn reserve(file: &File, path: &Path, offset: u64, len: u64, total: u64) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let too_large = || Error::InvalidArgument(format!("arena size {total} is too large"));
@@ -161,14 +173,7 @@ pub(crate) fn reserve(file: &File, path: &Path, offset: u64, len: u64, total: u6
     );
     match nix::fcntl::posix_fallocate(file.as_fd(), off, n) {
         Ok(()) => Ok(()),
-        Err(Errno::ENOSPC) | Err(Errno::EFBIG) | Err(Errno::ENOMEM) => match backing_kind(dir) {
-            BackingKind::Hugetlbfs { page_size } => Err(huge_pages_error(dir, total, page_size)),
-            _ => Err(Error::NoSpaceInBacking {
-                dir: dir.to_path_buf(),
-                requested: total,
-                available: available_bytes(dir).unwrap_or(0),
-            }),
-        },
+        Err(Errno::ENOSPC) | Err(Errno::EFBIG) | Err(Errno::ENOMEM) => Err(no_space(dir, total)),
         Err(e) => Err(Error::io(
             format!("reserving {len} bytes at {offset} of {}", path.display()),
             e,

@@ -76,11 +76,10 @@ impl ResourceManager {
         let comm = comm::duplicate(comm);
         let node = comm::split_node(&comm);
         let job_token = comm::job_token(&comm);
-        let topology = comm::agree(
-            &comm,
-            Topology::load().map_err(|e| Error::Binding(format!("on {}: {e}", hostname()))),
-        )?;
-        let name_tag = comm::agree(&comm, name_tag())?;
+        let local = Topology::load()
+            .map_err(|e| Error::Binding(format!("on {}: {e}", hostname())))
+            .and_then(|topology| Ok((topology, name_tag()?)));
+        let (topology, name_tag) = comm::agree(&comm, local)?;
         Ok(ResourceManager {
             allocators: RefCell::new(BTreeMap::new()),
             generations: RefCell::new(BTreeMap::new()),
@@ -126,19 +125,22 @@ impl ResourceManager {
     /// it, as you would call `MPI_Comm_free`.
     pub fn make_resource(&self, name: &str, traits: Traits) -> Result<Allocator> {
         let comm = &*self.comm;
-        comm::check_same(
-            comm,
-            "make_resource",
-            &format!("name={name:?} {}", traits.describe()),
-        )?;
-        // Every local check in one agreement: the name, the rank's scope instance, the directory.
+        // Four collective calls when all goes well: one reduction that checks the arguments
+        // are the same everywhere and every rank's local checks, the split into scope
+        // instances, the leader's outcome broadcast to its own peers, and one reduction over
+        // attaching and reserving. Failures cost more rounds (to carry the error to everyone).
         let local = self.validate(name, &traits).and_then(|()| {
             let instance = self.topology.this_instance(traits.scope).map_err(|e| {
                 Error::Binding(format!("rank {} on {}: {e}", comm.rank(), hostname()))
             })?;
             Ok((instance, backing_dir_for(name, &traits)?))
         });
-        let (instance, dir) = comm::agree(comm, local)?;
+        let (instance, dir) = comm::agree_same(
+            comm,
+            "make_resource",
+            &format!("name={name:?} {}", traits.describe()),
+            local,
+        )?;
         let scope_comm = comm::split_by(&self.node, instance.index as i32)?;
         scope_comm.set_name(name);
         let generation = {
@@ -161,28 +163,33 @@ impl ResourceManager {
             })
             .map(|a| {
                 a.set_placement(&applied);
-                Some(Fresh(Some(a)))
+                Fresh(Some(a))
             })
         } else {
-            Ok(None)
+            Err(Error::Mpi("the scope leader failed".into()))
         };
-        let created = comm::agree(comm, created)?;
+        // Only the instance's own ranks wait for its leader. When the leader failed, its peers
+        // fail too without attaching; the agreement below then reports the leader's error,
+        // since a leader is the lowest rank of its instance.
+        let leader_ok = comm::broadcast_flag(&scope_comm, 0, created.is_ok());
         let arena = match created {
-            Some(fresh) => Ok(fresh),
-            None => Arena::attach_with(&shm_name, &options).map(|a| Fresh(Some(a))),
+            Ok(fresh) => Ok(fresh),
+            Err(e) if leader || !leader_ok => Err(e),
+            Err(_) => Arena::attach_with(&shm_name, &options).map(|a| Fresh(Some(a))),
         };
-        // If any peer failed, every Fresh is dropped here and the leader's name is removed.
-        let arena = comm::agree(comm, arena)?;
         // Every rank reserves its share of the pages at once: reservation is parallel and the
         // pages of each share are first touched by the rank that reserved them. Nobody uses the
-        // arena before all shares are reserved and agreed on, so no access can SIGBUS.
-        let share = arena.as_ref().map_or(Ok(()), |a| {
+        // arena before all shares are reserved and agreed on, so no access can SIGBUS. If any
+        // rank failed, every Fresh is dropped here and the leader's name is removed.
+        let arena = arena.and_then(|fresh| {
+            let a = fresh.arena();
             let pages = a.size() / a.page_size();
             let (r, n) = (scope_comm.rank() as u64, scope_comm.size() as u64);
             let (first, last) = (pages * r / n, pages * (r + 1) / n);
-            a.reserve(first * a.page_size(), (last - first) * a.page_size())
+            a.reserve(first * a.page_size(), (last - first) * a.page_size())?;
+            Ok(fresh)
         });
-        comm::agree(comm, share)?;
+        let arena = comm::agree(comm, arena)?;
         let arena = arena.keep();
         let prefault = traits.prefault.then(|| {
             // Every rank of the instance at once; the slowest one is what the job waits for.
@@ -340,6 +347,7 @@ impl ResourceManager {
             .attach_timeout(traits.attach_timeout)
             .lock_timeout(traits.lock_timeout)
             .reserve_at_create(false)
+            .reservation(traits.reservation)
             .huge_pages(traits.huge_pages);
         if let Some(dir) = dir {
             options = options.dir(dir);
@@ -376,8 +384,8 @@ impl Fresh {
         self.0.take().expect("kept once")
     }
 
-    fn as_ref(&self) -> Option<&Arena> {
-        self.0.as_ref()
+    fn arena(&self) -> &Arena {
+        self.0.as_ref().expect("a Fresh holds its arena until kept")
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::arena::HugePages;
+use crate::arena::{HugePages, Reservation};
 use crate::placement::NumaPolicy;
 use crate::topology::Scope;
 
@@ -51,6 +51,8 @@ pub struct Traits {
     pub huge_pages: HugePages,
     /// Map every page in every rank at creation.
     pub prefault: bool,
+    /// How each rank reserves its share of the pages at creation.
+    pub reservation: Reservation,
 }
 
 impl Traits {
@@ -70,6 +72,7 @@ impl Traits {
             numa: NumaPolicy::Auto,
             huge_pages: HugePages::Never,
             prefault: false,
+            reservation: Reservation::Populate,
         }
     }
 
@@ -136,10 +139,18 @@ impl Traits {
         self
     }
 
+    /// How each rank reserves its share of the arena's pages at creation (default
+    /// [`Reservation::Populate`]: allocated and mapped in one pass, so a rank's first writes to
+    /// its own share take no page fault). [`Reservation::Fallocate`] is the older way.
+    pub fn reservation(mut self, how: Reservation) -> Self {
+        self.reservation = how;
+        self
+    }
+
     /// What must be equal on every rank, as text (for the collective check and its message).
     pub(crate) fn describe(&self) -> String {
         format!(
-            "size={} scope={} unlink={:?} mode={:o} dir={:?} names={:?} numa={:?} huge={:?} prefault={}",
+            "size={} scope={} unlink={:?} mode={:o} dir={:?} names={:?} numa={:?} huge={:?} prefault={} reserve={:?}",
             self.size,
             self.scope,
             self.unlink,
@@ -148,7 +159,8 @@ impl Traits {
             self.expected_names,
             self.numa,
             self.huge_pages,
-            self.prefault
+            self.prefault,
+            self.reservation
         )
     }
 }
