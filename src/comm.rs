@@ -181,7 +181,11 @@ fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String 
 /// and fields (the original on that rank, a copy on the others), and how many ranks failed;
 /// successful values are dropped. One reduction when all went well.
 pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
-    let mine = if local.is_err() { comm.rank() } else { i32::MAX };
+    let mine = if local.is_err() {
+        comm.rank()
+    } else {
+        i32::MAX
+    };
     let mut first = i32::MAX;
     counted();
     comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
@@ -209,7 +213,11 @@ pub fn agree_same<T>(
     };
     let mut out = [0u64; 3];
     counted();
-    comm.all_reduce_into(&[hash, !hash, failing][..], &mut out[..], SystemOperation::max());
+    comm.all_reduce_into(
+        &[hash, !hash, failing][..],
+        &mut out[..],
+        SystemOperation::max(),
+    );
     if out[0] != !out[1] {
         return Err(mismatch(comm, what, description, hash));
     }

@@ -110,7 +110,16 @@ fn four_processes_share_names_offsets_and_contents() {
     assert_eq!(stats.live_blocks, 1);
     owner.deallocate(sync).unwrap();
     let report = owner.verify().unwrap();
-    assert_eq!((report.used_blocks, report.free_blocks), (0, 1));
+    let after = owner.stats().unwrap();
+    assert_eq!((after.live_blocks, after.requested), (0, 0));
+    // All that stays in use are the directory's slots (64 bytes a name, at the peak of 1,001
+    // names), which are kept for reuse.
+    assert_eq!(report.used_bytes, after.used);
+    assert!(
+        after.used <= 1001 * 64 + 64 * 32,
+        "{} bytes in use",
+        after.used
+    );
     drop(owner);
     assert!(
         support::leftovers(&name).is_empty(),
@@ -282,6 +291,114 @@ fn kill_9_while_holding_the_lock_recovers() {
     owner.deallocate(before).unwrap();
     // The killed child never detached, so on-last-detach cannot fire: that is what `nodeshm gc`
     // is for. Here the test removes the name itself.
+    owner.unlink().unwrap();
+}
+
+const HOT: u64 = 8;
+
+/// A value that says which name a block belongs to.
+fn stamp(k: u64) -> u64 {
+    0x5EED_0000_0000 + k
+}
+
+/// Child: hammers a few names with allocate, find and deallocate (lock-free and locked paths
+/// both) until told to stop, checking that every block it gets is the one of its name.
+fn role_churn() {
+    let arena = Arena::attach(&support::role_arg(), Duration::from_secs(10)).unwrap();
+    let ctl = arena.find("ctl").unwrap().expect("the parent made ctl");
+    let stop = &ctl.as_atomic_u64()[0];
+    let mut x = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut held = Vec::new();
+    println!("ready");
+    while stop.load(Ordering::Acquire) == 0 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = x % HOT;
+        let name = format!("hot-{k}");
+        if held.len() >= 4 || (x >> 8) % 3 == 0 {
+            if !held.is_empty() {
+                let (_, b) = held.swap_remove((x >> 16) as usize % held.len());
+                arena.deallocate(b).unwrap();
+            }
+            continue;
+        }
+        let got = if (x >> 8) % 3 == 1 {
+            arena.find(&name).unwrap()
+        } else {
+            Some(arena.allocate(&name, 64).unwrap())
+        };
+        if let Some(b) = got {
+            let word = &b.as_atomic_u64()[0];
+            if b.created() {
+                word.store(stamp(k), Ordering::Release);
+            }
+            let seen = word.load(Ordering::Acquire);
+            assert!(
+                seen == 0 || seen == stamp(k),
+                "{name} is another name's block ({seen:#x})"
+            );
+            held.push((k, b));
+        }
+    }
+    for (_, b) in held {
+        arena.deallocate(b).unwrap();
+    }
+    println!("done");
+}
+
+/// Processes taking and dropping references on the same names, without the lock for existing
+/// names, while some are killed with SIGKILL at random points (holding references, inside a
+/// compare-and-swap, holding the lock halfway through an update): the directory stays
+/// consistent, every name still works, and no process is handed another name's block.
+fn killed_processes_leave_the_directory_consistent() {
+    let name = unique("churn");
+    let owner = Arena::create(
+        &name,
+        &Options::new(8 << 20).lock_timeout(Duration::from_secs(10)),
+    )
+    .unwrap();
+    let _cleanup = Unlinker(&name);
+    let ctl = owner.allocate("ctl", 64).unwrap();
+    let start = |name: &str| {
+        let mut c = spawn("churn", name);
+        assert_eq!(support::first_line(&mut c), "ready");
+        c
+    };
+    let mut children: Vec<Child> = (0..3).map(|_| start(&name)).collect();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..60 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(5 + x % 40));
+        let victim = (x >> 20) as usize % children.len();
+        let mut c = children.swap_remove(victim);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
+        c.wait().unwrap();
+        children.push(start(&name));
+    }
+    ctl.as_atomic_u64()[0].store(1, Ordering::Release);
+    for mut c in children {
+        assert_eq!(support::first_line(&mut c), "done");
+        assert!(c.wait().unwrap().success());
+    }
+    owner.verify().unwrap();
+    for k in 0..HOT {
+        let b = owner.allocate(&format!("hot-{k}"), 64).unwrap();
+        let seen = b.as_atomic_u64()[0].load(Ordering::Acquire);
+        assert!(seen == 0 || seen == stamp(k), "hot-{k} holds {seen:#x}");
+        let f = owner.find(&format!("hot-{k}")).unwrap().unwrap();
+        assert_eq!(f.offset(), b.offset());
+        owner.deallocate(f).unwrap();
+        owner.deallocate(b).unwrap();
+    }
+    owner.verify().unwrap();
+    owner.deallocate(ctl).unwrap();
     owner.unlink().unwrap();
 }
 
@@ -474,6 +591,7 @@ fn main() {
             ("halt_holding_lock", role_halt_holding_lock),
             ("hold_user_lock", role_hold_user_lock),
             ("attach_and_wait", role_attach_and_wait),
+            ("churn", role_churn),
         ],
         &[
             (
@@ -497,6 +615,10 @@ fn main() {
             (
                 "user_lock_names_its_holder_and_survives_its_death",
                 user_lock_names_its_holder_and_survives_its_death,
+            ),
+            (
+                "killed_processes_leave_the_directory_consistent",
+                killed_processes_leave_the_directory_consistent,
             ),
             ("nothing_left_in_dev_shm", nothing_left_in_dev_shm),
         ],

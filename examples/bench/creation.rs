@@ -200,13 +200,41 @@ pub fn creation(ctx: &mut Ctx) {
                 median(&mut x)
             };
             let r = &mut ctx.report;
-            r.add("creation", v.label, &label, "ready", pick(|r| r.ready) * 1e3, "ms");
+            r.add(
+                "creation",
+                v.label,
+                &label,
+                "ready",
+                pick(|r| r.ready) * 1e3,
+                "ms",
+            );
             let touched = pick(|r| r.touched) * 1e3;
             r.add("creation", v.label, &label, "ready+touched", touched, "ms");
-            r.add("creation", v.label, &label, "faults ready", pick(|r| r.faults_ready), "");
-            r.add("creation", v.label, &label, "faults touch", pick(|r| r.faults_touch), "");
+            r.add(
+                "creation",
+                v.label,
+                &label,
+                "faults ready",
+                pick(|r| r.faults_ready),
+                "",
+            );
+            r.add(
+                "creation",
+                v.label,
+                &label,
+                "faults touch",
+                pick(|r| r.faults_touch),
+                "",
+            );
             if v.traits.is_some() {
-                r.add("creation", v.label, &label, "collectives", pick(|r| r.calls), "");
+                r.add(
+                    "creation",
+                    v.label,
+                    &label,
+                    "collectives",
+                    pick(|r| r.calls),
+                    "",
+                );
             }
         }
     }

@@ -1,12 +1,14 @@
 //! Named blocks: allocate, find, look up, release and persist them, and the figures of the
-//! heap and directory. Every operation is one transaction under the arena lock.
+//! heap and directory. Finding an existing name and dropping a reference that is not the last
+//! take no lock (see the directory); creating and removing a name are transactions under the
+//! arena lock.
 
-use super::directory::{self, EntryInfo};
+use super::directory::{self, EntryInfo, Fast};
 use super::header;
 use super::heap::{self, HeapReport};
 use super::layout as l;
-use super::region::{Mem, Tx};
-use super::{page_size, Arena, Block, Stats, ALL};
+use super::region::Mem;
+use super::{page_size, Arena, Block, Held, HeldMap, Stats, ALL};
 use crate::error::{Error, Result};
 use std::time::Duration;
 
@@ -39,9 +41,27 @@ impl Arena {
         let key = name.as_bytes();
         let h = directory::hash(key);
         let mut held = self.held.lock();
-        let (entry, created) = self.locked(|tx| {
+        let r = &self.region;
+        // An existing name without the lock. Anything unexpected (a size or alignment that
+        // does not fit, damage, a race lost twice) is decided under the lock instead, where
+        // the errors are reported.
+        for _ in 0..2 {
+            let Fast::Hit { entry, state } = directory::lookup_fast(r, key, h) else {
+                break;
+            };
+            let Ok((data, size)) = directory::data_of(r, entry, align) else {
+                break;
+            };
+            if size != bytes {
+                break;
+            }
+            if directory::take_reference(r, entry, state)? {
+                return self.hand_out(&mut held, entry, state.generation(), data, size, false);
+            }
+        }
+        let (entry, generation, created) = self.locked(|tx| {
             let r = *tx.region();
-            if let Some(e) = directory::lookup(&r, key, h)? {
+            if let Some(e) = directory::lookup_locked(tx, key, h)? {
                 let existing = r.load(e + l::E_SIZE)?;
                 if existing != bytes {
                     return Err(Error::SizeMismatch {
@@ -58,15 +78,38 @@ impl Arena {
                     )));
                 }
                 directory::data_of(&r, e, align)?;
-                take_reference(tx, e)?;
-                Ok((e, false))
-            } else {
-                Ok((directory::insert(tx, key, h, bytes, align)?, true))
+                if let Some(generation) = directory::take_reference_now(&r, e)? {
+                    return Ok((e, generation, false));
+                }
+                // Its last reference went meanwhile: remove it and make the name anew.
+                let dead = directory::state(&r, e)?.generation();
+                directory::remove_dead(tx, e, dead)?;
             }
+            let e = directory::insert(tx, key, h, bytes, align)?;
+            Ok((e, directory::state(&r, e)?.generation(), true))
         })?;
-        let (data, size) = directory::data_of(&self.region, entry, align)?;
+        let (data, size) = directory::data_of(r, entry, align)?;
+        self.hand_out(&mut held, entry, generation, data, size, created)
+    }
+
+    /// Records a reference just taken and makes its Block.
+    fn hand_out(
+        &self,
+        held: &mut HeldMap,
+        entry: u64,
+        generation: u32,
+        data: u64,
+        size: u64,
+        created: bool,
+    ) -> Result<Block<'_>> {
         let block = self.block(data, size, created)?;
-        held.entry(data).or_insert((entry, 0)).1 += 1;
+        held.entry(data)
+            .or_insert(Held {
+                entry,
+                generation,
+                count: 0,
+            })
+            .count += 1;
         Ok(block)
     }
 
@@ -77,23 +120,36 @@ impl Arena {
         let key = name.as_bytes();
         let h = directory::hash(key);
         let mut held = self.held.lock();
+        let r = &self.region;
+        for _ in 0..2 {
+            match directory::lookup_fast(r, key, h) {
+                Fast::Miss => return Ok(None),
+                Fast::Busy => break,
+                Fast::Hit { entry, state } => {
+                    let Ok((data, size)) = directory::data_of(r, entry, l::ALIGN) else {
+                        break;
+                    };
+                    if directory::take_reference(r, entry, state)? {
+                        return self
+                            .hand_out(&mut held, entry, state.generation(), data, size, false)
+                            .map(Some);
+                    }
+                }
+            }
+        }
         let found = self.locked(|tx| {
             let r = *tx.region();
-            match directory::lookup(&r, key, h)? {
-                Some(e) => {
-                    let data = directory::data_of(&r, e, l::ALIGN)?;
-                    take_reference(tx, e)?;
-                    Ok(Some((e, data)))
-                }
-                None => Ok(None),
-            }
+            let Some(e) = directory::lookup_locked(tx, key, h)? else {
+                return Ok(None);
+            };
+            let data = directory::data_of(&r, e, l::ALIGN)?;
+            Ok(directory::take_reference_now(&r, e)?.map(|generation| (e, generation, data)))
         })?;
-        let Some((entry, (data, size))) = found else {
+        let Some((entry, generation, (data, size))) = found else {
             return Ok(None);
         };
-        let block = self.block(data, size, false)?;
-        held.entry(data).or_insert((entry, 0)).1 += 1;
-        Ok(Some(block))
+        self.hand_out(&mut held, entry, generation, data, size, false)
+            .map(Some)
     }
 
     /// Information about block `name` without taking a reference (for inspection only).
@@ -101,12 +157,9 @@ impl Arena {
         directory::validate_name(name)?;
         let key = name.as_bytes();
         let h = directory::hash(key);
-        self.locked(|tx| {
-            let r = *tx.region();
-            match directory::lookup(&r, key, h)? {
-                Some(e) => Ok(Some(directory::read_entry(&r, e)?)),
-                None => Ok(None),
-            }
+        self.locked(|tx| match directory::lookup_locked(tx, key, h)? {
+            Some(e) => Ok(Some(directory::read_entry(tx.region(), e)?)),
+            None => Ok(None),
         })
     }
 
@@ -148,7 +201,7 @@ impl Arena {
 
     pub(super) fn deallocate_offset(&self, data: u64) -> Result<()> {
         let mut held = self.held.lock();
-        let Some(&(entry, count)) = held.get(&data) else {
+        let Some(&mine) = held.get(&data) else {
             return Err(Error::NotHeld {
                 what: format!("the block at offset {data}"),
                 detail: "this process holds no reference to it (released already, or never \
@@ -156,24 +209,22 @@ impl Arena {
                     .into(),
             });
         };
-        self.locked(|tx| {
-            let r = *tx.region();
-            if r.load(entry + l::E_DATA)? != data {
-                return Err(Error::Corrupted(format!(
-                    "the entry of the block at offset {data} changed while this process held it"
-                )));
-            }
-            let refs = r.load(entry + l::E_REFCOUNT)?;
-            if refs <= 1 {
-                directory::remove(tx, entry)
-            } else {
-                tx.set(entry + l::E_REFCOUNT, refs - 1)
-            }
-        })?;
-        if count <= 1 {
+        if self.region.load(mine.entry + l::E_DATA)? != data {
+            return Err(Error::Corrupted(format!(
+                "the entry of the block at offset {data} changed while this process held it"
+            )));
+        }
+        // Lock-free unless this was the last reference anywhere.
+        let last = directory::drop_reference(&self.region, mine.entry, mine.generation)?;
+        if mine.count <= 1 {
             held.remove(&data);
-        } else {
-            held.insert(data, (entry, count - 1));
+        } else if let Some(h) = held.get_mut(&data) {
+            h.count -= 1;
+        }
+        if last {
+            // If this fails (or the process dies first), the entry stays without references
+            // until the next update that meets it removes it.
+            self.locked(|tx| directory::remove_dead(tx, mine.entry, mine.generation))?;
         }
         Ok(())
     }
@@ -187,7 +238,7 @@ impl Arena {
         let mut held = self.held.lock();
         let data = block.offset();
         match held.get_mut(&data) {
-            Some((_, count)) if *count > 1 => *count -= 1,
+            Some(h) if h.count > 1 => h.count -= 1,
             Some(_) => {
                 held.remove(&data);
             }
@@ -239,13 +290,4 @@ impl Arena {
             }
         })
     }
-}
-
-/// Takes one more reference to entry `e` (the caller holds the lock).
-fn take_reference(tx: &mut Tx, e: u64) -> Result<()> {
-    let refs = tx.get(e + l::E_REFCOUNT)?;
-    let more = refs.checked_add(1).filter(|_| refs > 0).ok_or_else(|| {
-        Error::Corrupted(format!("entry at {e} has an impossible refcount {refs}"))
-    })?;
-    tx.set(e + l::E_REFCOUNT, more)
 }

@@ -1,10 +1,20 @@
 //! The name directory: a fixed array of buckets, each the head of a chain of entries. An entry
-//! sits at the start of its own heap block, followed by the name and then the user's data, so a
-//! named allocation is one heap allocation and lookups are O(1) expected.
+//! is a 64-byte slot (slots are carved from heap chunks that are never given back); its name
+//! and the user's data share one heap block. Lookups are O(1) expected.
+//!
+//! Lookups and reference counting work without the arena lock: a reader walks the chain,
+//! validated by the directory version (odd while an update runs), and takes its reference
+//! with a compare-and-swap on the slot's state word (generation, pending flag, references),
+//! which fails if the slot was removed or reused meanwhile and never revives an entry whose
+//! last reference went. Inserting and removing take the lock and the undo log, as before; a
+//! process killed at any point leaves either a consistent directory or one that the next
+//! locker repairs (the undo log; an entry without references is removed when met).
+
+use std::sync::atomic::Ordering;
 
 use crate::arena::heap;
 use crate::arena::layout::{self as l, round_up, ENTRY_SIZE};
-use crate::arena::region::{Mem, Tx};
+use crate::arena::region::{Mem, Region, Tx};
 use crate::error::{Error, Result};
 
 /// Longest block name, in bytes.
@@ -47,7 +57,31 @@ fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
     g.buckets_offset + (h & (g.bucket_count - 1)) * 8
 }
 
-/// Checks that `e` can be a directory entry: an aligned heap payload with room for the entry.
+/// `state` bit: the entry's insertion is not committed yet; lock-free readers leave it alone.
+pub(crate) const PENDING: u64 = 1 << 31;
+const REFS: u64 = PENDING - 1;
+
+/// A slot's state word, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State(pub(crate) u64);
+
+impl State {
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    pub(crate) fn refs(self) -> u64 {
+        self.0 & REFS
+    }
+    pub(crate) fn pending(self) -> bool {
+        self.0 & PENDING != 0
+    }
+    /// Holds references and is committed: a reference may be added.
+    fn live(self) -> bool {
+        self.refs() > 0 && !self.pending()
+    }
+}
+
+/// Checks that `e` can be a directory slot: an aligned offset inside the heap with room for it.
 fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
     let g = r.geometry();
     if e < g.heap_offset + 16 || e % l::ALIGN != 0 || e > g.sentinel().saturating_sub(ENTRY_SIZE) {
@@ -109,27 +143,166 @@ fn name_matches<M: Mem + ?Sized>(r: &M, entry: u64, name: &[u8]) -> Result<bool>
         return Ok(false);
     }
     let mut stored = [0u8; MAX_NAME_LEN];
-    r.read_bytes(entry + ENTRY_SIZE, &mut stored[..name.len()])?;
+    r.read_bytes(r.load(entry + l::E_BLOCK)?, &mut stored[..name.len()])?;
     Ok(&stored[..name.len()] == name)
 }
 
-/// The entry for `name`, if any.
-pub(crate) fn lookup<M: Mem + ?Sized>(r: &M, name: &[u8], h: u64) -> Result<Option<u64>> {
-    let mut chain = Chain::new(r, bucket_of(r, h))?;
-    while let Some(e) = chain.step()? {
-        if r.load(e + l::E_HASH)? == h && name_matches(r, e, name)? {
+pub(crate) fn state<M: Mem + ?Sized>(r: &M, e: u64) -> Result<State> {
+    Ok(State(r.load(e + l::E_STATE)?))
+}
+
+/// The entry for `name` that holds references, if any (the caller holds the lock). Entries
+/// left with no reference by a process that died between dropping the last one and removing
+/// the entry are removed on the way ("zombies"), and an entry whose insertion was committed by
+/// a process that died before publishing it is published: under the lock, after recovery,
+/// every entry in a chain is committed.
+pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u64>> {
+    let r = *tx.region();
+    // Each round removes one zombie, so the rounds are bounded by the chain's length.
+    for _ in 0..=r.geometry().max_blocks() {
+        let mut chain = Chain::new(&r, bucket_of(&r, h))?;
+        let mut zombie = None;
+        while let Some(e) = chain.step()? {
+            if r.load(e + l::E_HASH)? != h || !name_matches(&r, e, name)? {
+                continue;
+            }
+            let s = state(&r, e)?;
+            if s.refs() == 0 {
+                zombie = Some((e, s.generation()));
+                break;
+            }
+            if s.pending() {
+                r.heap_word(e + l::E_STATE)?
+                    .fetch_and(!PENDING, Ordering::AcqRel);
+            }
             return Ok(Some(e));
         }
+        match zombie {
+            Some((e, generation)) => remove_dead(tx, e, generation)?,
+            None => return Ok(None),
+        }
     }
-    Ok(None)
+    Err(Error::Corrupted("a directory chain keeps changing".into()))
+}
+
+/// What a lock-free lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fast {
+    /// A live entry named so (checked again by the reference's compare-and-swap).
+    Hit { entry: u64, state: State },
+    /// No such name, and no update ran meanwhile.
+    Miss,
+    /// An update ran meanwhile, or something looked wrong: ask again under the lock (which
+    /// also reports real damage).
+    Busy,
+}
+
+/// Looks `name` up without the lock. A hit is a slot that was live, named so, in a directory
+/// no update touched during the walk (so the slot belongs to a committed chunk: memory that
+/// stays a slot); the caller then takes its reference with [`take_reference`], whose
+/// compare-and-swap fails if the slot changed generation or lost its last reference since.
+pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
+    let version = r.version();
+    let before = version.load(Ordering::Acquire);
+    if before & 1 == 1 {
+        return Fast::Busy;
+    }
+    let walk = || -> Result<Option<(u64, State)>> {
+        let mut chain = Chain::new(r, bucket_of(r, h))?;
+        while let Some(e) = chain.step()? {
+            if r.load(e + l::E_HASH)? != h {
+                continue;
+            }
+            let s = state(r, e)?;
+            if s.live() && name_matches(r, e, name)? {
+                return Ok(Some((e, s)));
+            }
+        }
+        Ok(None)
+    };
+    let found = walk();
+    if version.load(Ordering::Acquire) != before {
+        return Fast::Busy;
+    }
+    match found {
+        Ok(Some((entry, state))) => Fast::Hit { entry, state },
+        Ok(None) => Fast::Miss,
+        Err(_) => Fast::Busy,
+    }
+}
+
+/// Adds one reference to entry `e` if its state is still `seen` (same generation, live):
+/// `Ok(false)` when it changed (the caller looks again). Lock-free: a compare-and-swap that
+/// never revives an entry without references.
+pub(crate) fn take_reference(r: &Region, e: u64, seen: State) -> Result<bool> {
+    if !seen.live() {
+        return Ok(false);
+    }
+    if seen.refs() == REFS {
+        return Err(Error::InvalidArgument(format!(
+            "the block at entry {e} has {REFS} references already; release some first"
+        )));
+    }
+    let word = r.heap_word(e + l::E_STATE)?;
+    Ok(word
+        .compare_exchange(seen.0, seen.0 + 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok())
+}
+
+/// Takes a reference to `e` whatever its reference count is now (under the lock, after
+/// [`lookup_locked`] found it live): `Ok(None)` if its last reference went meanwhile.
+pub(crate) fn take_reference_now(r: &Region, e: u64) -> Result<Option<u32>> {
+    // Each failed swap means another process changed the count: bounded by a large number of
+    // such races, so that damage that flips the word forever ends in an error.
+    for _ in 0..1_000_000 {
+        let s = state(r, e)?;
+        if s.refs() == 0 {
+            return Ok(None);
+        }
+        if take_reference(r, e, State(s.0 & !PENDING))? {
+            return Ok(Some(s.generation()));
+        }
+    }
+    Err(Error::Corrupted(format!(
+        "the reference count of entry {e} keeps changing"
+    )))
+}
+
+/// Drops one reference of generation `generation` from `e`, lock-free. Returns true when it
+/// was the last one: the caller then removes the entry under the lock ([`remove_dead`]).
+/// `NotHeld`-like damage (another generation, no reference) is `Corrupted`.
+pub(crate) fn drop_reference(r: &Region, e: u64, generation: u32) -> Result<bool> {
+    let word = r.heap_word(e + l::E_STATE)?;
+    for _ in 0..1_000_000 {
+        let s = State(word.load(Ordering::Acquire));
+        if s.generation() != generation || s.refs() == 0 {
+            return Err(Error::Corrupted(format!(
+                "the entry at {e} changed while this process held a reference to it \
+                 (generation {} with {} references, expected generation {generation})",
+                s.generation(),
+                s.refs()
+            )));
+        }
+        if word
+            .compare_exchange(s.0, s.0 - 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Ok(s.refs() == 1);
+        }
+    }
+    Err(Error::Corrupted(format!(
+        "the reference count of entry {e} keeps changing"
+    )))
 }
 
 /// The data offset and size of entry `e`, checked to lie inside the heap and to be aligned
 /// to `align`, so that a block handed to the user is memory this arena owns.
 pub(crate) fn data_of<M: Mem + ?Sized>(r: &M, e: u64, align: u64) -> Result<(u64, u64)> {
     let (data, size) = (r.load(e + l::E_DATA)?, r.load(e + l::E_SIZE)?);
+    let block = r.load(e + l::E_BLOCK)?;
     let end = data.checked_add(size);
-    if data < e + ENTRY_SIZE
+    if data < block
+        || block < r.geometry().heap_offset
         || data % align != 0
         || size == 0
         || end.is_none_or(|end| end > r.geometry().sentinel())
@@ -143,61 +316,104 @@ pub(crate) fn data_of<M: Mem + ?Sized>(r: &M, e: u64, align: u64) -> Result<(u64
 
 /// Heap bytes a block of `bytes` named `name_len` bytes needs, aligned to `align`.
 pub(crate) fn block_request(name_len: u64, bytes: u64, align: u64) -> Option<u64> {
-    round_up(ENTRY_SIZE + name_len, l::ALIGN)
+    round_up(name_len, l::ALIGN)
         .checked_add(align - l::ALIGN)?
         .checked_add(bytes)
 }
 
-/// Creates a new entry with refcount 1 and zeroed data; returns the entry offset.
+/// A free slot, carving a new chunk of them from the heap when none is left.
+fn take_slot(tx: &mut Tx) -> Result<u64> {
+    let r = *tx.region();
+    let head = tx.get(l::SLOT_FREE)?;
+    if head != 0 {
+        let slot = check_entry(&r, head)?;
+        tx.set(l::SLOT_FREE, r.load(slot + l::E_NEXT)?)?;
+        return Ok(slot);
+    }
+    let chunk = heap::alloc(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE)?;
+    // The chunk is fresh (zeroed: generation 0, no references) and unreachable until the
+    // list head below, so plain stores suffice for its links.
+    for i in 1..l::SLOTS_PER_CHUNK {
+        let next = if i + 1 < l::SLOTS_PER_CHUNK {
+            chunk + (i + 1) * ENTRY_SIZE
+        } else {
+            0
+        };
+        r.store(chunk + i * ENTRY_SIZE + l::E_NEXT, next)?;
+    }
+    tx.set(l::SLOT_FREE, chunk + ENTRY_SIZE)?;
+    tx.set(l::SLOTS, tx.get(l::SLOTS)?.wrapping_add(l::SLOTS_PER_CHUNK))?;
+    Ok(chunk)
+}
+
+/// Creates a new entry holding one reference, with zeroed data; returns the entry offset.
+/// Lock-free readers see it once the update commits.
 pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -> Result<u64> {
     let r = *tx.region();
     let request = block_request(name.len() as u64, bytes, align)
         .ok_or_else(|| Error::InvalidArgument(format!("a block of {bytes} bytes cannot exist")))?;
-    let entry = heap::alloc(tx, request)?;
-    let data = round_up(
-        entry + round_up(ENTRY_SIZE + name.len() as u64, l::ALIGN),
-        align,
-    );
-    // The block is fresh and unreachable until the bucket link below, so plain stores suffice.
+    // The slot first: a new chunk of slots then lies below the block, so that freeing the block
+    // later merges it with the free space after it. A block that cannot fit fails before a
+    // chunk is carved, so the error's figures are the arena's as it stands.
+    if tx.get(l::SLOT_FREE)? == 0 {
+        heap::check_fits(&r, request)?;
+    }
+    let slot = take_slot(tx)?;
+    let block = heap::alloc(tx, request)?;
+    let data = round_up(block + name.len() as u64, align);
+    let generation = state(&r, slot)?.generation().wrapping_add(1);
+    // The new generation first, pending: a reader holding this slot's offset from before now
+    // leaves it alone. Logged, so that a rollback gives the slot back as it was.
+    tx.set(
+        slot + l::E_STATE,
+        (u64::from(generation) << 32) | PENDING | 1,
+    )?;
+    r.write_bytes(block, name)?;
+    r.store(slot + l::E_HASH, h)?;
+    r.store(slot + l::E_DATA, data)?;
+    r.store(slot + l::E_SIZE, bytes)?;
+    r.store(slot + l::E_BLOCK, block)?;
+    r.store(slot + l::E_NAME_LEN, name.len() as u64)?;
     let bucket = bucket_of(&r, h);
-    r.store(entry + l::E_NEXT, tx.get(bucket)?)?;
-    r.store(entry + l::E_HASH, h)?;
-    r.store(entry + l::E_DATA, data)?;
-    r.store(entry + l::E_SIZE, bytes)?;
-    r.store(entry + l::E_REFCOUNT, 1)?;
-    r.store(entry + l::E_NAME_LEN, name.len() as u64)?;
-    r.write_bytes(entry + ENTRY_SIZE, name)?;
-    tx.set(bucket, entry)?;
+    // Logged: on a rollback this word is the free list's link again.
+    tx.set(slot + l::E_NEXT, tx.get(bucket)?)?;
+    tx.set(bucket, slot)?;
     tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS)?.wrapping_add(1))?;
     tx.set(l::REQUESTED, tx.get(l::REQUESTED)?.wrapping_add(bytes))?;
-    Ok(entry)
+    tx.publish_at_commit(slot + l::E_STATE);
+    Ok(slot)
 }
 
-/// Unlinks `entry` from its chain and frees its block.
-pub(crate) fn remove(tx: &mut Tx, entry: u64) -> Result<()> {
+/// Removes entry `e` of generation `generation`, whose last reference was dropped: unlinks
+/// it, frees its block and gives its slot back. Nothing happens if another process removed it
+/// already (it is no longer in its chain, or the slot moved on to another generation).
+pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
     let r = *tx.region();
-    let bucket = bucket_of(&r, r.load(entry + l::E_HASH)?);
+    let s = state(&r, e)?;
+    if s.generation() != generation || s.refs() != 0 {
+        return Ok(());
+    }
+    let bucket = bucket_of(&r, r.load(e + l::E_HASH)?);
     let mut link = bucket;
     let mut chain = Chain::new(&r, bucket)?;
     loop {
-        let Some(e) = chain.step()? else {
-            return Err(Error::Corrupted(format!(
-                "entry at offset {entry} is missing from its bucket chain"
-            )));
+        let Some(x) = chain.step()? else {
+            return Ok(());
         };
-        if e == entry {
+        if x == e {
             break;
         }
-        link = e + l::E_NEXT;
+        link = x + l::E_NEXT;
     }
-    tx.set(link, r.load(entry + l::E_NEXT)?)?;
+    tx.set(link, r.load(e + l::E_NEXT)?)?;
     tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS)?.wrapping_sub(1))?;
     tx.set(
         l::REQUESTED,
-        tx.get(l::REQUESTED)?
-            .wrapping_sub(r.load(entry + l::E_SIZE)?),
+        tx.get(l::REQUESTED)?.wrapping_sub(r.load(e + l::E_SIZE)?),
     )?;
-    heap::free(tx, entry)
+    heap::free(tx, r.load(e + l::E_BLOCK)?)?;
+    tx.set(e + l::E_NEXT, tx.get(l::SLOT_FREE)?)?;
+    tx.set(l::SLOT_FREE, e)
 }
 
 /// One named block as the directory sees it.
@@ -217,12 +433,12 @@ pub struct EntryInfo {
 pub(crate) fn read_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<EntryInfo> {
     let len = (r.load(e + l::E_NAME_LEN)? as usize).min(MAX_NAME_LEN);
     let mut name = vec![0u8; len];
-    r.read_bytes(e + ENTRY_SIZE, &mut name)?;
+    r.read_bytes(r.load(e + l::E_BLOCK)?, &mut name)?;
     Ok(EntryInfo {
         name: String::from_utf8_lossy(&name).into_owned(),
         offset: r.load(e + l::E_DATA)?,
         size: r.load(e + l::E_SIZE)?,
-        refcount: r.load(e + l::E_REFCOUNT)?,
+        refcount: state(r, e)?.refs(),
     })
 }
 
@@ -278,9 +494,11 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
         let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
         while let Some(e) = chain.step()? {
             let info = read_entry(r, e)?;
-            if hash(info.name.as_bytes()) & (g.bucket_count - 1) != i || info.refcount == 0 {
+            // An entry without references is allowed: its last holder died before removing it,
+            // and the next update that meets it removes it.
+            if hash(info.name.as_bytes()) & (g.bucket_count - 1) != i {
                 return Err(Error::Corrupted(format!(
-                    "entry {:?} is misfiled or unowned",
+                    "entry {:?} is misfiled",
                     info.name
                 )));
             }

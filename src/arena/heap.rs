@@ -229,6 +229,21 @@ pub(crate) fn capacity<M: Mem + ?Sized>(r: &M) -> u64 {
     g.heap_end - g.heap_offset - HDR
 }
 
+/// `OutOfSpace` (with the heap's figures as they are now) unless a block of `size` payload
+/// bytes can be allocated. Changes nothing.
+pub(crate) fn check_fits(r: &Region, size: u64) -> Result<()> {
+    let want = size
+        .max(MIN_PAYLOAD)
+        .checked_next_multiple_of(ALIGN)
+        .filter(|&w| w < l::MAX_ARENA_SIZE)
+        .ok_or_else(|| Error::InvalidArgument(format!("a block of {size} bytes cannot exist")))?;
+    match find_suitable(r, want)? {
+        Some(_) => Ok(()),
+        None if find_in_own_class(r, want)?.is_some() => Ok(()),
+        None => Err(out_of_space(r, want + HDR)),
+    }
+}
+
 /// Allocates a zeroed block with at least `size` payload bytes, 16-byte aligned. Returns the
 /// payload offset. Cost: O(1) plus zeroing the part of the block that was used before.
 pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {

@@ -14,7 +14,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -75,6 +75,11 @@ pub struct Header {
     /// Handles attached beyond the recorded slots (counted, but not checked for being alive).
     pub untracked_attachers: u32,
     pub recoveries: u64,
+    /// The directory's version: odd while an update under the arena lock is under way, bumped
+    /// again when it ends (or is rolled back). Lock-free lookups read it before and after, and
+    /// trust a miss (or a slot they found) only if it did not change. Not part of `Meta`: no
+    /// update logs or rolls it back.
+    pub dir_version: u64,
     pub meta: Meta,
     pub undo_len: u64,
     pub undo: [[u64; 2]; UNDO_CAPACITY as usize],
@@ -97,6 +102,10 @@ pub struct Meta {
     /// Everything in the heap from here to the sentinel has never been written: still zero from
     /// the kernel, so allocations there need no zeroing.
     pub pristine_from: u64,
+    /// Head of the list of free directory slots (0: none; a new chunk is carved then).
+    pub slot_free: u64,
+    /// Directory slots carved so far (they are never given back to the heap).
+    pub slots: u64,
     pub fl_bitmap: u64,
     pub sl_bitmap: [u64; FL_COUNT],
     pub heads: [u64; FL_COUNT * SL_COUNT],
@@ -139,11 +148,14 @@ pub const DAMAGED: u64 = off!(damaged);
 pub const USER_LOCK_HOLDER: u64 = off!(user_lock_holder_pid);
 pub const UNTRACKED: u64 = off!(untracked_attachers);
 pub const RECOVERIES: u64 = off!(recoveries);
+pub const DIR_VERSION: u64 = off!(dir_version);
 pub const USED: u64 = off!(meta.used);
 pub const LIVE_BLOCKS: u64 = off!(meta.live_blocks);
 pub const REQUESTED: u64 = off!(meta.requested);
 pub const HIGH_WATER: u64 = off!(meta.high_water);
 pub const PRISTINE_FROM: u64 = off!(meta.pristine_from);
+pub const SLOT_FREE: u64 = off!(meta.slot_free);
+pub const SLOTS: u64 = off!(meta.slots);
 pub const FL_BITMAP: u64 = off!(meta.fl_bitmap);
 pub const SL_BITMAP: u64 = off!(meta.sl_bitmap);
 pub const HEADS: u64 = off!(meta.heads);
@@ -154,24 +166,40 @@ pub const ATTACHERS: u64 = off!(attachers);
 pub const HEADER_SIZE_OFF: u64 = off!(header_size);
 pub const UNLINK_POLICY: u64 = off!(unlink_policy);
 
-/// A named block's directory entry, at the start of its heap block; the name follows it, then
-/// padding up to the block's alignment, then the user's data.
+/// A named block's directory entry: a slot of its own, carved with others from a heap chunk
+/// that is never given back, so that memory which once held a slot always holds a slot. A
+/// lock-free reader holding a stale offset therefore only ever touches some slot's words, and
+/// the generation in `state` tells it whether the slot is still the one it read.
+///
+/// The block's name is at the start of its heap block (`block`), followed by padding up to the
+/// block's alignment and then the user's data (`data_offset`).
 #[repr(C)]
 pub struct Entry {
+    /// Next entry of the bucket chain, or next free slot.
     pub next: u64,
     pub hash: u64,
+    /// `generation << 32 | PENDING | references`: changed only by compare-and-swap (and by
+    /// the logged write that starts a new generation), so references are taken and dropped
+    /// without the arena lock.
+    pub state: u64,
     pub data_offset: u64,
     pub size: u64,
-    pub refcount: u64,
+    /// Payload offset of the heap block holding the name and the data.
+    pub block: u64,
     pub name_len: u64,
+    pub reserved: u64,
 }
 pub const ENTRY_SIZE: u64 = std::mem::size_of::<Entry>() as u64;
 pub const E_NEXT: u64 = offset_of!(Entry, next) as u64;
 pub const E_HASH: u64 = offset_of!(Entry, hash) as u64;
+pub const E_STATE: u64 = offset_of!(Entry, state) as u64;
 pub const E_DATA: u64 = offset_of!(Entry, data_offset) as u64;
 pub const E_SIZE: u64 = offset_of!(Entry, size) as u64;
-pub const E_REFCOUNT: u64 = offset_of!(Entry, refcount) as u64;
+pub const E_BLOCK: u64 = offset_of!(Entry, block) as u64;
 pub const E_NAME_LEN: u64 = offset_of!(Entry, name_len) as u64;
+/// Slots carved at once from one heap chunk.
+pub const SLOTS_PER_CHUNK: u64 = 32;
+const _: () = assert!(ENTRY_SIZE == 64);
 
 /// Rounds `value` up to a multiple of the power of two `align`.
 pub const fn round_up(value: u64, align: u64) -> u64 {

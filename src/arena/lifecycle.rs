@@ -438,7 +438,12 @@ impl Arena {
     /// `MADV_POPULATE_WRITE` over `start..end` (page-aligned, inside the mapping); `fallback`
     /// where the kernel does not have it. A page that cannot be allocated is an error here,
     /// where a write would have been a SIGBUS.
-    fn populate_write(&self, start: u64, end: u64, fallback: impl Fn() -> Result<()>) -> Result<()> {
+    fn populate_write(
+        &self,
+        start: u64,
+        end: u64,
+        fallback: impl Fn() -> Result<()>,
+    ) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         for _ in 0..16 {
             // SAFETY: `start..end` lies inside this process's live mapping (clamped by the
@@ -524,7 +529,7 @@ impl Drop for Arena {
             .held
             .lock()
             .iter()
-            .map(|(&d, &(_, c))| (d, c))
+            .map(|(&d, h)| (d, h.count))
             .collect();
         for (data, count) in held {
             for _ in 0..count {

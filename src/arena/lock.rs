@@ -261,6 +261,7 @@ impl Arena {
             } else {
                 r.store(l::RECOVERIES, r.header(l::RECOVERIES).wrapping_add(1))?;
             }
+            r.settle_version();
             guard.make_consistent();
             rolled_back?;
         }

@@ -128,7 +128,7 @@ pub struct Arena {
     page: u64,
     lock_timeout: Duration,
     reservation: Reservation,
-    /// References this process holds: data offset -> (entry offset, count).
+    /// References this process holds, by data offset.
     held: Mutex<HeldMap>,
     /// This handle's slot in the attacher record (None: not recorded).
     slot: Option<u64>,
@@ -174,7 +174,16 @@ impl std::hash::Hasher for OffsetHasher {
     }
 }
 
-type HeldMap = HashMap<u64, (u64, u64), std::hash::BuildHasherDefault<OffsetHasher>>;
+/// One block this process holds references to.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    entry: u64,
+    /// The entry's generation when the references were taken.
+    generation: u32,
+    count: u64,
+}
+
+type HeldMap = HashMap<u64, Held, std::hash::BuildHasherDefault<OffsetHasher>>;
 
 /// Entries returned by `entries()` at most: what the heap could hold anyway.
 const ALL: u64 = u64::MAX;

@@ -112,6 +112,42 @@ impl Region {
         unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU32) }
     }
 
+    /// The 8-byte header word at `off` (one of layout.rs's constants, inside the header that
+    /// every Region has), for atomic read-modify-write.
+    pub(crate) fn header_word(&self, off: u64) -> &AtomicU64 {
+        assert!(
+            off % 8 == 0 && off + 8 <= l::HEADER_SIZE,
+            "header field offset {off}"
+        );
+        // SAFETY: `off + 8 <= HEADER_SIZE <= len` (asserted above and required by `new`), the
+        // mapping is 8-aligned and `off` a multiple of 8; atomic access to shared memory.
+        unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
+    }
+
+    /// The directory version (see `Header::dir_version`).
+    pub(crate) fn version(&self) -> &AtomicU64 {
+        self.header_word(l::DIR_VERSION)
+    }
+
+    /// Makes the directory version even again after a recovery rolled back an update whose
+    /// process died with it odd; the new value differs from every one read before.
+    pub(crate) fn settle_version(&self) {
+        let v = self.version();
+        if v.load(Ordering::Acquire) & 1 == 1 {
+            v.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A word inside the heap (a slot's state), for compare-and-swap by lock-free operations;
+    /// `Corrupted` outside the heap or unaligned.
+    pub(crate) fn heap_word(&self, off: u64) -> Result<&AtomicU64> {
+        let g = &self.geo;
+        if off < g.heap_offset || off.checked_add(8).is_none_or(|e| e > g.heap_end) {
+            return Err(outside(off, 8, self.len));
+        }
+        self.word(off)
+    }
+
     /// The atomic word at header offset `off` (inside the header every Region has); `None` for
     /// an offset outside it or not word-aligned.
     pub(crate) fn atomic_header(&self, off: u64) -> Option<&AtomicU64> {
@@ -235,6 +271,10 @@ impl Mem for Region {
 pub(crate) struct Tx<'r> {
     region: &'r Region,
     len: u64,
+    /// Whether this update wrote anything (and so made the directory version odd).
+    dirty: bool,
+    /// A slot whose new generation becomes visible to lock-free readers at commit.
+    publish: Option<u64>,
     /// Tests: stop logging-and-writing after this many writes, as a killed process would.
     #[cfg(test)]
     pub(crate) limit: Option<u64>,
@@ -246,6 +286,8 @@ impl<'r> Tx<'r> {
         Tx {
             region,
             len: 0,
+            dirty: false,
+            publish: None,
             #[cfg(test)]
             limit: None,
         }
@@ -275,6 +317,12 @@ impl<'r> Tx<'r> {
         if self.limit.is_some_and(|l| self.len >= l) {
             return Err(Error::Corrupted("test: simulated crash".into()));
         }
+        if !self.dirty {
+            // Before the first change: lock-free readers that started earlier see the version
+            // move and do not trust what they read meanwhile.
+            self.region.version().fetch_add(1, Ordering::AcqRel);
+            self.dirty = true;
+        }
         if self.len == UNDO_CAPACITY {
             return Err(Error::Corrupted(format!(
                 "internal: one update changed more than {UNDO_CAPACITY} metadata words"
@@ -290,10 +338,30 @@ impl<'r> Tx<'r> {
         self.region.store(off, value)
     }
 
+    /// Clears the pending flag of `state_off` (a slot's state word) once the update is
+    /// committed: until then lock-free readers leave the new entry alone, since a rollback
+    /// would take it away again.
+    pub(crate) fn publish_at_commit(&mut self, state_off: u64) {
+        self.publish = Some(state_off);
+    }
+
     /// Makes the update permanent.
     pub(crate) fn commit(mut self) {
         let _ = self.region.store(l::UNDO_LEN, 0);
         self.len = 0;
+        if let Some(off) = self.publish.take() {
+            if let Ok(state) = self.region.heap_word(off) {
+                state.fetch_and(!crate::arena::directory::PENDING, Ordering::AcqRel);
+            }
+        }
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if self.dirty {
+            self.region.version().fetch_add(1, Ordering::AcqRel);
+            self.dirty = false;
+        }
     }
 }
 
@@ -304,5 +372,6 @@ impl Drop for Tx<'_> {
             // then the next locker reports it.
             let _ = self.region.roll_back();
         }
+        self.end();
     }
 }
