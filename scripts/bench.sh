@@ -3,7 +3,8 @@
 # writes target/bench.json, target/bench.svg and prints the tables. As root it mounts a small
 # tmpfs with huge=always and a hugetlbfs (raising nr_hugepages by what 1 GiB needs) for the
 # huge-page comparisons, and restores both afterwards.
-# Usage: scripts/bench.sh [-n RANKS] [--quick]   (NODESHM_MPI / NODESHM_LAUNCHER: scripts/mpi-launch.sh)
+# Then the contention case again with 8 ranks (target/bench-8.json).
+# Usage: scripts/bench.sh [-n RANKS] [--quick] [--only CASE]   (NODESHM_MPI / NODESHM_LAUNCHER: scripts/mpi-launch.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -17,6 +18,9 @@ while [[ $# -gt 0 ]]; do
 done
 source scripts/mpi-env.sh
 cargo build --release --example bench
+# The Boost.Interprocess peer (header-only Boost from libboost-dev), run inside the same job.
+mkdir -p "$CARGO_TARGET_DIR"
+g++ -O2 -std=c++17 examples/bench/boost_peer.cpp -o "$CARGO_TARGET_DIR/boost_peer" -lrt -pthread
 huge=()
 if [[ $(id -u) -eq 0 ]]; then
     dir=$(mktemp -d /tmp/nodeshm-bench-huge.XXXXXX)
@@ -40,4 +44,9 @@ if [[ $(id -u) -eq 0 ]]; then
     fi
 fi
 scripts/mpi-launch.sh -n "$ranks" -- "$CARGO_TARGET_DIR/release/examples/bench" "${huge[@]}" \
-    --json target/bench.json --svg target/bench.svg "${args[@]}"
+    --boost "$CARGO_TARGET_DIR/boost_peer" --json target/bench.json --svg target/bench.svg "${args[@]}"
+# Contention beyond the cores: 8 ranks on this machine (--only contention; its own JSON).
+if [[ " ${args[*]} " != *" --only "* ]]; then
+    scripts/mpi-launch.sh -n 8 -- "$CARGO_TARGET_DIR/release/examples/bench" --only contention \
+        --json target/bench-8.json "${args[@]}"
+fi

@@ -91,7 +91,9 @@ for impl in openmpi mpich; do
         export NODESHM_MPI=$impl
         source scripts/mpi-env.sh
         cargo build --example bench
+        g++ -O2 -std=c++17 examples/bench/boost_peer.cpp -o "$CARGO_TARGET_DIR/boost_peer" -lrt -pthread
         scripts/mpi-launch.sh -n 4 -- "$CARGO_TARGET_DIR/debug/examples/bench" --quick \
+            --boost "$CARGO_TARGET_DIR/boost_peer" \
             --json "target/bench-quick-$impl.json" --svg "target/bench-quick-$impl.svg" \
             > "target/bench-quick-$impl.txt"
         echo "benchmark quick mode ran: $(grep -c . "target/bench-quick-$impl.txt") lines in target/bench-quick-$impl.txt"

@@ -36,6 +36,19 @@ pub fn sum(comm: &SimpleCommunicator, v: f64) -> f64 {
     reduce(comm, v, SystemOperation::sum())
 }
 
+/// Waits for every rank, sleeping between polls: an MPI barrier spins on the cores that the
+/// ranks still working (or a peer's processes) need.
+pub fn idle_barrier(ctx: &Ctx) {
+    let mut request = ctx.world.immediate_barrier();
+    loop {
+        match request.test() {
+            Ok(_) => return,
+            Err(pending) => request = pending,
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// (median, p99) in ns.
 fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
     if samples.is_empty() {
@@ -84,7 +97,7 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
         }
         world.barrier();
         let param = format!("{n} live");
-        // One rank alone.
+        // One rank alone; the others sleep (an MPI barrier would spin on the same cores).
         let (mut a, mut f, mut d) = (Vec::new(), Vec::new(), Vec::new());
         if rank == 0 {
             for i in 0..samples {
@@ -101,7 +114,7 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
                 d.push(t.elapsed());
             }
         }
-        world.barrier();
+        idle_barrier(ctx);
         for (op, v) in [
             ("allocate", &mut a),
             ("find", &mut f),
@@ -218,52 +231,67 @@ pub fn mpi_windows(ctx: &mut Ctx) -> Vec<(f64, f64)> {
     curve
 }
 
-/// Case 3: allocate/deallocate pairs per second of distinct names, 1 rank against all ranks.
+/// Case 3: allocate+deallocate pairs per second with 1, 2, 4, ... ranks working at once (the
+/// others wait without spinning): distinct names (every pair creates and removes a name, under
+/// the lock) and the same names (one rank creates, the others find it without the lock).
 pub fn contention(ctx: &mut Ctx) {
     let world = ctx.world;
     let rank = world.rank();
-    let seconds = if ctx.quick { 0.5 } else { 2.0 };
+    let seconds = if ctx.quick { 0.3 } else { 1.5 };
     let alloc = ctx
         .rm
         .make_resource("SHARED::contention", Traits::new(64 * MIB))
         .expect("make_resource");
-    let names: Vec<String> = (0..1000).map(|i| format!("c-{rank}-{i}")).collect();
-    let run = || {
-        let t = Instant::now();
-        let mut pairs = 0u64;
-        while t.elapsed().as_secs_f64() < seconds {
-            for name in names.iter().take(100) {
-                let b = alloc.allocate(name, 64).unwrap();
-                alloc.deallocate(b).unwrap();
-                pairs += 1;
+    let mut counts = vec![1];
+    while counts.last().unwrap() * 2 <= world.size() {
+        counts.push(counts.last().unwrap() * 2);
+    }
+    for same in [false, true] {
+        let names: Vec<String> = (0..100)
+            .map(|i| {
+                if same {
+                    format!("s-{i}")
+                } else {
+                    format!("c-{rank}-{i}")
+                }
+            })
+            .collect();
+        let how = if same { "same names" } else { "distinct names" };
+        let mut single = 0.0;
+        for &k in &counts {
+            world.barrier();
+            let mine = if rank < k {
+                let t = Instant::now();
+                let mut pairs = 0u64;
+                let mut lat = Vec::new();
+                while t.elapsed().as_secs_f64() < seconds {
+                    for name in &names {
+                        let s = Instant::now();
+                        let b = alloc.allocate(name, 64).unwrap();
+                        lat.push(s.elapsed());
+                        alloc.deallocate(b).unwrap();
+                        pairs += 1;
+                    }
+                }
+                let (med, p99) = percentiles(&mut lat);
+                (pairs as f64 / t.elapsed().as_secs_f64(), med, p99)
+            } else {
+                (0.0, 0.0, 0.0)
+            };
+            idle_barrier(ctx);
+            let total = sum(world, mine.0);
+            let (med, p99) = (max(world, mine.1), max(world, mine.2));
+            if k == 1 {
+                single = total;
             }
+            let variant = format!("{how}, {k} rank{}", if k == 1 { "" } else { "s" });
+            let r = &mut ctx.report;
+            r.add("contention", &variant, "", "pairs/s", total, "1/s");
+            r.add("contention", &variant, "", "vs 1 rank", total / single, "x");
+            r.add("contention", &variant, "", "allocate median", med, "ns");
+            r.add("contention", &variant, "", "allocate p99", p99, "ns");
         }
-        pairs as f64 / t.elapsed().as_secs_f64()
-    };
-    world.barrier();
-    let one = if rank == 0 { run() } else { 0.0 };
-    world.barrier();
-    let one = max(world, one);
-    world.barrier();
-    let all = sum(world, run());
-    ctx.report
-        .add("contention", "1 rank", "", "pairs/s", one, "1/s");
-    ctx.report.add(
-        "contention",
-        &format!("{} ranks", world.size()),
-        "",
-        "pairs/s",
-        all,
-        "1/s",
-    );
-    ctx.report.add(
-        "contention",
-        &format!("{} ranks", world.size()),
-        "",
-        "vs 1 rank",
-        all / one,
-        "x",
-    );
+    }
     ctx.rm.remove_allocator("SHARED::contention");
 }
 

@@ -3,7 +3,8 @@
 //! and the user's data share one heap block. Lookups are O(1) expected.
 //!
 //! Lookups and reference counting work without the arena lock: a reader walks the chain,
-//! validated by the directory version (odd while an update runs), and takes its reference
+//! validated by its stripe of the directory version (odd while an update changes a chain of
+//! that stripe), and takes its reference
 //! with a compare-and-swap on the slot's state word (generation, pending flag, references),
 //! which fails if the slot was removed or reused meanwhile and never revives an entry whose
 //! last reference went. Inserting and removing take the lock and the undo log, as before; a
@@ -55,6 +56,11 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
     let g = r.geometry();
     g.buckets_offset + (h & (g.bucket_count - 1)) * 8
+}
+
+/// The version stripe of the chain that names hashing to `h` live in.
+fn stripe_of<M: Mem + ?Sized>(r: &M, h: u64) -> usize {
+    (h & (r.geometry().bucket_count - 1)) as usize
 }
 
 /// `state` bit: the entry's insertion is not committed yet; lock-free readers leave it alone.
@@ -202,7 +208,7 @@ pub(crate) enum Fast {
 /// stays a slot); the caller then takes its reference with [`take_reference`], whose
 /// compare-and-swap fails if the slot changed generation or lost its last reference since.
 pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
-    let version = r.version();
+    let version = r.version(stripe_of(r, h));
     let before = version.load(Ordering::Acquire);
     if before & 1 == 1 {
         return Fast::Busy;
@@ -393,7 +399,8 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
     if s.generation() != generation || s.refs() != 0 {
         return Ok(());
     }
-    let bucket = bucket_of(&r, r.load(e + l::E_HASH)?);
+    let h = r.load(e + l::E_HASH)?;
+    let bucket = bucket_of(&r, h);
     let mut link = bucket;
     let mut chain = Chain::new(&r, bucket)?;
     loop {
@@ -405,6 +412,7 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         }
         link = x + l::E_NEXT;
     }
+    tx.touch(stripe_of(&r, h))?;
     tx.set(link, r.load(e + l::E_NEXT)?)?;
     tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS)?.wrapping_sub(1))?;
     tx.set(

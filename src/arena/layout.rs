@@ -75,11 +75,12 @@ pub struct Header {
     /// Handles attached beyond the recorded slots (counted, but not checked for being alive).
     pub untracked_attachers: u32,
     pub recoveries: u64,
-    /// The directory's version: odd while an update under the arena lock is under way, bumped
-    /// again when it ends (or is rolled back). Lock-free lookups read it before and after, and
-    /// trust a miss (or a slot they found) only if it did not change. Not part of `Meta`: no
-    /// update logs or rolls it back.
-    pub dir_version: u64,
+    /// The directory's versions, one per stripe of buckets (bucket index mod
+    /// `VERSION_STRIPES`): odd while an update under the arena lock changes a chain of the
+    /// stripe, bumped again when it ends (or is rolled back). Lock-free lookups read their
+    /// stripe's before and after, and trust a miss (or a slot they found) only if it did not
+    /// change. Not part of `Meta`: no update logs or rolls them back.
+    pub dir_versions: [u64; VERSION_STRIPES],
     pub meta: Meta,
     pub undo_len: u64,
     pub undo: [[u64; 2]; UNDO_CAPACITY as usize],
@@ -87,6 +88,9 @@ pub struct Header {
     /// only attachers still alive, so a killed process does not keep an `OnLastDetach` name.
     pub attachers: [[u64; 2]; ATTACHER_SLOTS],
 }
+
+/// Stripes of the directory version: updates of other names rarely disturb a reader.
+pub const VERSION_STRIPES: usize = 256;
 
 /// Attached processes recorded by pid and start time; more attach, uncounted for that purpose
 /// (they are counted in `attach_count` only).
@@ -148,7 +152,7 @@ pub const DAMAGED: u64 = off!(damaged);
 pub const USER_LOCK_HOLDER: u64 = off!(user_lock_holder_pid);
 pub const UNTRACKED: u64 = off!(untracked_attachers);
 pub const RECOVERIES: u64 = off!(recoveries);
-pub const DIR_VERSION: u64 = off!(dir_version);
+pub const DIR_VERSIONS: u64 = off!(dir_versions);
 pub const USED: u64 = off!(meta.used);
 pub const LIVE_BLOCKS: u64 = off!(meta.live_blocks);
 pub const REQUESTED: u64 = off!(meta.requested);

@@ -124,17 +124,19 @@ impl Region {
         unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
     }
 
-    /// The directory version (see `Header::dir_version`).
-    pub(crate) fn version(&self) -> &AtomicU64 {
-        self.header_word(l::DIR_VERSION)
+    /// The directory version of `stripe` (see `Header::dir_versions`).
+    pub(crate) fn version(&self, stripe: usize) -> &AtomicU64 {
+        self.header_word(l::DIR_VERSIONS + (stripe % l::VERSION_STRIPES) as u64 * 8)
     }
 
-    /// Makes the directory version even again after a recovery rolled back an update whose
-    /// process died with it odd; the new value differs from every one read before.
+    /// Makes every directory version even again after a recovery rolled back an update whose
+    /// process died with some odd; the new values differ from every one read before.
     pub(crate) fn settle_version(&self) {
-        let v = self.version();
-        if v.load(Ordering::Acquire) & 1 == 1 {
-            v.fetch_add(1, Ordering::AcqRel);
+        for stripe in 0..l::VERSION_STRIPES {
+            let v = self.version(stripe);
+            if v.load(Ordering::Acquire) & 1 == 1 {
+                v.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -271,8 +273,9 @@ impl Mem for Region {
 pub(crate) struct Tx<'r> {
     region: &'r Region,
     len: u64,
-    /// Whether this update wrote anything (and so made the directory version odd).
-    dirty: bool,
+    /// Version stripes this update made odd (the chains it changes), made even at its end.
+    touched: [usize; 4],
+    touched_len: usize,
     /// A slot whose new generation becomes visible to lock-free readers at commit.
     publish: Option<u64>,
     /// Tests: stop logging-and-writing after this many writes, as a killed process would.
@@ -286,7 +289,8 @@ impl<'r> Tx<'r> {
         Tx {
             region,
             len: 0,
-            dirty: false,
+            touched: [0; 4],
+            touched_len: 0,
             publish: None,
             #[cfg(test)]
             limit: None,
@@ -317,12 +321,6 @@ impl<'r> Tx<'r> {
         if self.limit.is_some_and(|l| self.len >= l) {
             return Err(Error::Corrupted("test: simulated crash".into()));
         }
-        if !self.dirty {
-            // Before the first change: lock-free readers that started earlier see the version
-            // move and do not trust what they read meanwhile.
-            self.region.version().fetch_add(1, Ordering::AcqRel);
-            self.dirty = true;
-        }
         if self.len == UNDO_CAPACITY {
             return Err(Error::Corrupted(format!(
                 "internal: one update changed more than {UNDO_CAPACITY} metadata words"
@@ -336,6 +334,25 @@ impl<'r> Tx<'r> {
         // process killed between any two of them leaves a log that undoes exactly what happened.
         self.region.store(l::UNDO_LEN, self.len)?;
         self.region.store(off, value)
+    }
+
+    /// Marks the chains of version `stripe` as being changed, before the first change to them:
+    /// lock-free readers that started earlier see the version move and do not trust what they
+    /// read meanwhile.
+    pub(crate) fn touch(&mut self, stripe: usize) -> Result<()> {
+        let stripe = stripe % l::VERSION_STRIPES;
+        if self.touched[..self.touched_len].contains(&stripe) {
+            return Ok(());
+        }
+        if self.touched_len == self.touched.len() {
+            return Err(Error::Corrupted(
+                "internal: one update changed more than 4 directory chains".into(),
+            ));
+        }
+        self.region.version(stripe).fetch_add(1, Ordering::AcqRel);
+        self.touched[self.touched_len] = stripe;
+        self.touched_len += 1;
+        Ok(())
     }
 
     /// Clears the pending flag of `state_off` (a slot's state word) once the update is
@@ -358,10 +375,10 @@ impl<'r> Tx<'r> {
     }
 
     fn end(&mut self) {
-        if self.dirty {
-            self.region.version().fetch_add(1, Ordering::AcqRel);
-            self.dirty = false;
+        for &stripe in &self.touched[..self.touched_len] {
+            self.region.version(stripe).fetch_add(1, Ordering::AcqRel);
         }
+        self.touched_len = 0;
     }
 }
 
