@@ -93,8 +93,18 @@ fn targets(r: &report::Report, ranks: i32, quick: bool) -> Vec<Target> {
     }
     for live in ["1 live", "1000 live", "100000 live"] {
         let ours = (
-            r.get("named", &format!("allocate, {ranks} ranks, same names"), live, "median"),
-            r.get("named", &format!("allocate, {ranks} ranks, same names"), live, "p99"),
+            r.get(
+                "named",
+                &format!("allocate, {ranks} ranks, same names"),
+                live,
+                "median",
+            ),
+            r.get(
+                "named",
+                &format!("allocate, {ranks} ranks, same names"),
+                live,
+                "p99",
+            ),
         );
         let boost = format!("Boost find_or_construct, {ranks} processes, same names");
         let theirs = (
