@@ -1,7 +1,7 @@
 //! Single-process arena benchmark: allocate / find / deallocate latency with 1, 1,000 and
 //! 100,000 live names. Prints a table; `--json FILE` writes the figures too.
 //!
-//!     cargo run --release --example arena_bench [-- --json arena.json]
+//!     cargo run --release --example arena_bench [-- --json arena.json] [--live N]
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() -> nodeshm::Result<()> {
     let json_path = std::env::args().skip_while(|a| a != "--json").nth(1);
+    // `--live N`: only that level (for profiling the probe loop).
+    let only: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--live")
+        .nth(1)
+        .and_then(|n| n.parse().ok());
     let name = format!("nodeshm-bench-{}", std::process::id());
     let arena = Arena::create(
         &name,
@@ -28,7 +33,8 @@ fn main() -> nodeshm::Result<()> {
     );
     let mut rows = Vec::new();
     let mut live = Vec::new();
-    for target in [1usize, 1_000, 100_000] {
+    let levels: Vec<usize> = only.map_or(vec![1, 1_000, 100_000], |n| vec![n]);
+    for target in levels {
         while live.len() < target {
             live.push(arena.allocate(&format!("live-{}", live.len()), 64)?);
         }

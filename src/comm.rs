@@ -270,12 +270,18 @@ fn spread<T>(comm: &SimpleCommunicator, first: i32, local: Result<T>) -> Error {
     }
 }
 
-/// Rank `root`'s `flag`, on every rank. Collective over `comm`.
-pub fn broadcast_flag(comm: &SimpleCommunicator, root: i32, flag: bool) -> bool {
-    let mut value = u8::from(flag);
+/// Rank `root`'s outcome (`ok`) and the fingerprint of its arguments, on every rank, in one
+/// broadcast. Collective over `comm`.
+pub fn broadcast_outcome(comm: &SimpleCommunicator, root: i32, ok: bool, args: u64) -> (bool, u64) {
+    let mut value = [u64::from(ok), args];
     counted();
-    comm.process_at_rank(root).broadcast_into(&mut value);
-    value != 0
+    comm.process_at_rank(root).broadcast_into(&mut value[..]);
+    (value[0] != 0, value[1])
+}
+
+/// The fingerprint of a call's arguments that [`agree_same`] and [`check_same`] compare.
+pub fn fingerprint(description: &str) -> u64 {
+    fnv(description.as_bytes())
 }
 
 /// Checks that every rank passed the same `description` (of a call's arguments); if not, every

@@ -132,19 +132,28 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
             ctx.report
                 .add("named", &format!("{op}, 1 rank"), &param, "p99", p99, "ns");
         }
-        // All ranks at once: the same names, then a name of their own each.
+        // All ranks at once: the same names (find-or-create, as Boost's find_or_construct),
+        // then a name of their own each. Every rank asks for all its names, then releases them.
         for distinct in [false, true] {
             let (mut a, mut d) = (Vec::new(), Vec::new());
+            let names: Vec<String> = (0..samples)
+                .map(|i| {
+                    if distinct {
+                        format!("probe-{rank}-{i}")
+                    } else {
+                        format!("probe-{i}")
+                    }
+                })
+                .collect();
+            let mut held = Vec::with_capacity(samples);
             world.barrier();
-            for i in 0..samples {
-                let name = if distinct {
-                    format!("probe-{rank}-{i}")
-                } else {
-                    format!("probe-{i}")
-                };
+            for name in &names {
                 let t = Instant::now();
-                let b = alloc.allocate(&name, 64).unwrap();
+                held.push(alloc.allocate(name, 64).unwrap());
                 a.push(t.elapsed());
+            }
+            world.barrier();
+            for b in held {
                 let t = Instant::now();
                 alloc.deallocate(b).unwrap();
                 d.push(t.elapsed());

@@ -45,9 +45,15 @@ impl Arena {
         // An existing name without the lock. Anything unexpected (a size or alignment that
         // does not fit, damage, a race lost twice) is decided under the lock instead, where
         // the errors are reported.
+        let mut missing = None;
         for _ in 0..2 {
-            let Fast::Hit { entry, state } = directory::lookup_fast(r, key, h) else {
-                break;
+            let (entry, state) = match directory::lookup_fast(r, key, h) {
+                Fast::Hit { entry, state } => (entry, state),
+                Fast::Miss { version } => {
+                    missing = Some(version);
+                    break;
+                }
+                Fast::Busy => break,
             };
             let Ok((data, size)) = directory::data_of(r, entry, align) else {
                 break;
@@ -61,7 +67,13 @@ impl Arena {
         }
         let (entry, generation, created) = self.locked(|tx| {
             let r = *tx.region();
-            if let Some(e) = directory::lookup_locked(tx, key, h)? {
+            let known_missing = missing.is_some_and(|v| directory::still_missing(&r, h, v));
+            let existing = if known_missing {
+                None
+            } else {
+                directory::lookup_locked(tx, key, h)?
+            };
+            if let Some(e) = existing {
                 let existing = r.load(e + l::E_SIZE)?;
                 if existing != bytes {
                     return Err(Error::SizeMismatch {
@@ -123,7 +135,7 @@ impl Arena {
         let r = &self.region;
         for _ in 0..2 {
             match directory::lookup_fast(r, key, h) {
-                Fast::Miss => return Ok(None),
+                Fast::Miss { .. } => return Ok(None),
                 Fast::Busy => break,
                 Fast::Hit { entry, state } => {
                     let Ok((data, size)) = directory::data_of(r, entry, l::ALIGN) else {

@@ -148,9 +148,23 @@ fn name_matches<M: Mem + ?Sized>(r: &M, entry: u64, name: &[u8]) -> Result<bool>
     if r.load(entry + l::E_NAME_LEN)? != name.len() as u64 {
         return Ok(false);
     }
-    let mut stored = [0u8; MAX_NAME_LEN];
-    r.read_bytes(r.load(entry + l::E_BLOCK)?, &mut stored[..name.len()])?;
-    Ok(&stored[..name.len()] == name)
+    let block = r.load(entry + l::E_BLOCK)?;
+    // In pieces: most names are short, and a mismatch usually shows in the first piece.
+    let mut stored = [0u8; 64];
+    for (i, piece) in name.chunks(stored.len()).enumerate() {
+        let at = block
+            .checked_add(i as u64 * 64)
+            .ok_or_else(|| outside(block))?;
+        r.read_bytes(at, &mut stored[..piece.len()])?;
+        if &stored[..piece.len()] != piece {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn outside(block: u64) -> Error {
+    Error::Corrupted(format!("a name at offset {block} runs past the arena"))
 }
 
 pub(crate) fn state<M: Mem + ?Sized>(r: &M, e: u64) -> Result<State> {
@@ -196,8 +210,9 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
 pub(crate) enum Fast {
     /// A live entry named so (checked again by the reference's compare-and-swap).
     Hit { entry: u64, state: State },
-    /// No such name, and no update ran meanwhile.
-    Miss,
+    /// No such name, and no update of its chain ran meanwhile: `version` is what the chain's
+    /// version stripe read (see [`still_missing`]).
+    Miss { version: u64 },
     /// An update ran meanwhile, or something looked wrong: ask again under the lock (which
     /// also reports real damage).
     Busy,
@@ -213,15 +228,21 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     if before & 1 == 1 {
         return Fast::Busy;
     }
-    let walk = || -> Result<Option<(u64, State)>> {
+    // Ok(None) with `dead`: an entry of this name without references, or one whose update a
+    // dead process committed but did not publish: only the lock can tell what to do with it.
+    let mut dead = false;
+    let mut walk = || -> Result<Option<(u64, State)>> {
         let mut chain = Chain::new(r, bucket_of(r, h))?;
         while let Some(e) = chain.step()? {
             if r.load(e + l::E_HASH)? != h {
                 continue;
             }
             let s = state(r, e)?;
-            if s.live() && name_matches(r, e, name)? {
-                return Ok(Some((e, s)));
+            if name_matches(r, e, name)? {
+                if s.live() {
+                    return Ok(Some((e, s)));
+                }
+                dead = true;
             }
         }
         Ok(None)
@@ -232,9 +253,16 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     }
     match found {
         Ok(Some((entry, state))) => Fast::Hit { entry, state },
-        Ok(None) => Fast::Miss,
-        Err(_) => Fast::Busy,
+        Ok(None) if !dead => Fast::Miss { version: before },
+        _ => Fast::Busy,
     }
+}
+
+/// Under the lock: whether the miss that [`lookup_fast`] reported with `version` still holds
+/// (no update changed a chain of that stripe since; a recovery moves every odd stripe), so
+/// that the name can be inserted without walking its chain again.
+pub(crate) fn still_missing(r: &Region, h: u64, version: u64) -> bool {
+    r.version(stripe_of(r, h)).load(Ordering::Acquire) == version
 }
 
 /// Adds one reference to entry `e` if its state is still `seen` (same generation, live):
@@ -365,6 +393,8 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
         heap::check_fits(&r, request)?;
     }
     let slot = take_slot(tx)?;
+    // Before the new slot is linked: readers of this chain see the version move.
+    tx.touch(stripe_of(&r, h))?;
     let block = heap::alloc(tx, request)?;
     let data = round_up(block + name.len() as u64, align);
     let generation = state(&r, slot)?.generation().wrapping_add(1);

@@ -316,7 +316,8 @@ impl<'r> Tx<'r> {
         }
         // Logged even when unchanged: the caller may overwrite the word later without logging
         // (fresh block payloads), and a rollback must still put this value back.
-        let old = self.region.load(off)?;
+        let word = self.region.word(off)?;
+        let old = word.load(Ordering::Acquire);
         #[cfg(test)]
         if self.limit.is_some_and(|l| self.len >= l) {
             return Err(Error::Corrupted("test: simulated crash".into()));
@@ -327,13 +328,18 @@ impl<'r> Tx<'r> {
             )));
         }
         let entry = l::UNDO_ENTRIES + self.len * 16;
-        self.region.store(entry, off)?;
-        self.region.store(entry + 8, old)?;
+        self.region.header_word(entry).store(off, Ordering::Release);
+        self.region
+            .header_word(entry + 8)
+            .store(old, Ordering::Release);
         self.len += 1;
         // Release stores keep program order: entry, then length, then the word itself, so a
         // process killed between any two of them leaves a log that undoes exactly what happened.
-        self.region.store(l::UNDO_LEN, self.len)?;
-        self.region.store(off, value)
+        self.region
+            .header_word(l::UNDO_LEN)
+            .store(self.len, Ordering::Release);
+        word.store(value, Ordering::Release);
+        Ok(())
     }
 
     /// Marks the chains of version `stripe` as being changed, before the first change to them:

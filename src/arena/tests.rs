@@ -491,8 +491,9 @@ fn typed_access_without_unsafe() {
 }
 
 /// A process killed after dropping a block's last reference (lock-free) but before removing
-/// the entry (under the lock) leaves an entry without references: readers do not see it,
-/// the directory still verifies, and the next update that meets the name removes it.
+/// the entry (under the lock) leaves an entry without references: the directory still
+/// verifies, readers do not hand it out, and the first locked operation that meets the name
+/// removes it.
 #[test]
 fn an_entry_left_without_references_is_removed_when_met() {
     let dir = TempDir::new();
@@ -508,9 +509,12 @@ fn an_entry_left_without_references_is_removed_when_met() {
     // What the killed process did: its last reference dropped, nothing else.
     assert!(directory::drop_reference(&r, entry, state.generation()).unwrap());
     arena.held.lock().remove(&b.offset());
-    assert!(arena.find("zombie").unwrap().is_none());
     arena.verify().unwrap();
     assert_eq!(arena.stats().unwrap().live_blocks, 1, "still listed");
+    // A lock-free reader does not trust it and asks under the lock, which removes it.
+    assert!(arena.find("zombie").unwrap().is_none());
+    assert_eq!(arena.stats().unwrap().live_blocks, 0, "removed when met");
+    arena.verify().unwrap();
     // Made again with another size: the dead entry goes, a new one is created.
     let again = arena.allocate("zombie", 300).unwrap();
     assert!(again.created());
@@ -549,10 +553,10 @@ fn an_interrupted_insert_is_invisible_to_lock_free_readers() {
         // Another name is never reported missing meanwhile: found, or (when its chain shares
         // the stripe) left to the lock, where the recovery runs first.
         let kept_key = b"kept";
-        assert_ne!(
+        assert!(!matches!(
             directory::lookup_fast(&r, kept_key, directory::hash(kept_key)),
-            directory::Fast::Miss
-        );
+            directory::Fast::Miss { .. }
+        ));
         r.roll_back().unwrap();
         r.settle_version();
         let k = arena.find("kept").unwrap().unwrap();
@@ -564,4 +568,36 @@ fn an_interrupted_insert_is_invisible_to_lock_free_readers() {
             .unwrap_or_else(|e| panic!("after stopping at write {stop_after}: {e}"));
     }
     arena.deallocate(kept).unwrap();
+}
+
+/// Inserting and removing a name move its chain's version stripe, so a lock-free miss seen
+/// before either is not trusted afterwards (the lock-free insert shortcut relies on it).
+#[test]
+fn updates_move_their_chains_version() {
+    let dir = TempDir::new();
+    let arena = Arena::create("v", &dir.options(1 << 20)).unwrap();
+    let r = arena.region;
+    let key = b"versioned";
+    let h = directory::hash(key);
+    let directory::Fast::Miss { version } = directory::lookup_fast(&r, key, h) else {
+        panic!("a new arena has no such name");
+    };
+    assert_eq!(version % 2, 0);
+    let b = arena.allocate("versioned", 64).unwrap();
+    assert!(
+        !directory::still_missing(&r, h, version),
+        "the insert moved it"
+    );
+    let directory::Fast::Hit { .. } = directory::lookup_fast(&r, key, h) else {
+        panic!("found without the lock after the insert");
+    };
+    arena.deallocate(b).unwrap();
+    let directory::Fast::Miss { version: after } = directory::lookup_fast(&r, key, h) else {
+        panic!("gone after the last reference");
+    };
+    assert!(
+        after >= version + 4,
+        "insert and removal each moved it twice"
+    );
+    arena.verify().unwrap();
 }

@@ -125,71 +125,80 @@ impl ResourceManager {
     /// it, as you would call `MPI_Comm_free`.
     pub fn make_resource(&self, name: &str, traits: Traits) -> Result<Allocator> {
         let comm = &*self.comm;
-        // Four collective calls when all goes well: one reduction that checks the arguments
-        // are the same everywhere and every rank's local checks, the split into scope
-        // instances, the leader's outcome broadcast to its own peers, and one reduction over
-        // attaching and reserving. Failures cost more rounds (to carry the error to everyone).
+        // Three collective calls when all goes well: the split into scope instances, the
+        // leader's outcome (and the fingerprint of its arguments) broadcast to its own peers,
+        // and one reduction that checks the arguments are the same everywhere and carries every
+        // rank's outcome. An arena made before a mismatch is found is removed again (Fresh).
+        let description = format!("name={name:?} {}", traits.describe());
         let local = self.validate(name, &traits).and_then(|()| {
             let instance = self.topology.this_instance(traits.scope).map_err(|e| {
                 Error::Binding(format!("rank {} on {}: {e}", comm.rank(), hostname()))
             })?;
             Ok((instance, backing_dir_for(name, &traits)?))
         });
-        let (instance, dir) = comm::agree_same(
-            comm,
-            "make_resource",
-            &format!("name={name:?} {}", traits.describe()),
-            local,
-        )?;
-        let scope_comm = comm::split_by(&self.node, instance.index as i32)?;
-        scope_comm.set_name(name);
+        // Ranks whose own checks failed make a group of their own, with no arena.
+        let color = match &local {
+            Ok((instance, _)) => i32::try_from(instance.index).unwrap_or(i32::MAX - 1),
+            Err(_) => i32::MAX,
+        };
+        let scope_comm = comm::split_by(&self.node, color)?;
+        if local.is_ok() {
+            // Only a checked name: rsmpi's set_name panics on a NUL byte.
+            scope_comm.set_name(name);
+        }
         let generation = {
             let mut made = self.generations.borrow_mut();
             let count = made.entry(name.to_string()).or_insert(0);
             *count += 1;
             *count
         };
-        let shm_name = self.shm_name(name, generation, &instance);
         let peers = scope_comm.size() as u32 - 1;
-        let options = self.arena_options(name, &traits, &instance, peers, dir);
-        let plan = placement::plan(&self.topology, &instance, traits.numa);
-
         let leader = scope_comm.rank() == 0;
-        let created = if leader {
-            let mut applied = String::new();
-            Arena::create_with(&shm_name, &options, |area| {
-                applied = placement::apply(&self.topology, area, &plan)?;
-                Ok(())
-            })
-            .map(|a| {
-                a.set_placement(&applied);
-                Fresh(Some(a))
-            })
-        } else {
-            Err(Error::Mpi("the scope leader failed".into()))
-        };
-        // Only the instance's own ranks wait for its leader. When the leader failed, its peers
-        // fail too without attaching; the agreement below then reports the leader's error,
-        // since a leader is the lowest rank of its instance.
-        let leader_ok = comm::broadcast_flag(&scope_comm, 0, created.is_ok());
-        let arena = match created {
-            Ok(fresh) => Ok(fresh),
-            Err(e) if leader || !leader_ok => Err(e),
-            Err(_) => Arena::attach_with(&shm_name, &options).map(|a| Fresh(Some(a))),
-        };
-        // Every rank reserves its share of the pages at once: reservation is parallel and the
-        // pages of each share are first touched by the rank that reserved them. Nobody uses the
-        // arena before all shares are reserved and agreed on, so no access can SIGBUS. If any
-        // rank failed, every Fresh is dropped here and the leader's name is removed.
-        let arena = arena.and_then(|fresh| {
+        let planned = local.and_then(|(instance, dir)| {
+            let shm_name = self.shm_name(name, generation, &instance);
+            let options = self.arena_options(name, &traits, &instance, peers, dir);
+            let fresh = if leader {
+                let plan = placement::plan(&self.topology, &instance, traits.numa);
+                let mut applied = String::new();
+                let arena = Arena::create_with(&shm_name, &options, |area| {
+                    applied = placement::apply(&self.topology, area, &plan)?;
+                    Ok(())
+                })?;
+                arena.set_placement(&applied);
+                Some(Fresh(Some(arena)))
+            } else {
+                None
+            };
+            Ok((instance, shm_name, options, fresh))
+        });
+        // Only the instance's own ranks wait for its leader. A peer whose leader failed, or
+        // passed other arguments, does not attach; the reduction below then reports the
+        // mismatch, or the leader's error (a leader is the lowest rank of its instance).
+        let mine = comm::fingerprint(&description);
+        let (leader_ok, theirs) = comm::broadcast_outcome(&scope_comm, 0, planned.is_ok(), mine);
+        let arena = planned.and_then(|(instance, shm_name, options, fresh)| {
+            let fresh = match fresh {
+                Some(fresh) => fresh,
+                None if !leader_ok => return Err(Error::Mpi("the scope leader failed".into())),
+                None if theirs != mine => {
+                    return Err(Error::InvalidArgument(
+                        "arguments differ from the scope leader's".into(),
+                    ))
+                }
+                None => Fresh(Some(Arena::attach_with(&shm_name, &options)?)),
+            };
+            // Every rank reserves its share of the pages at once: reservation is parallel and
+            // the pages of each share are first touched by the rank that reserved them. Nobody
+            // uses the arena before all shares are reserved and agreed on, so no access can
+            // SIGBUS. If any rank failed, every Fresh is dropped and the leader's name removed.
             let a = fresh.arena();
             let pages = a.size() / a.page_size();
             let (r, n) = (scope_comm.rank() as u64, scope_comm.size() as u64);
             let (first, last) = (pages * r / n, pages * (r + 1) / n);
             a.reserve(first * a.page_size(), (last - first) * a.page_size())?;
-            Ok(fresh)
+            Ok((instance, fresh))
         });
-        let arena = comm::agree(comm, arena)?;
+        let (instance, arena) = comm::agree_same(comm, "make_resource", &description, arena)?;
         let arena = arena.keep();
         let prefault = traits.prefault.then(|| {
             // Every rank of the instance at once; the slowest one is what the job waits for.
