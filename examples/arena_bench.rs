@@ -32,6 +32,24 @@ fn main() -> nodeshm::Result<()> {
         "live names", "operation", "median ns", "p99 ns"
     );
     let mut rows = Vec::new();
+    // What timing one call costs by itself (two clock reads): part of every figure below.
+    let mut empty: Vec<Duration> = (0..SAMPLES)
+        .map(|_| {
+            let t = Instant::now();
+            t.elapsed()
+        })
+        .collect();
+    empty.sort();
+    let timer = percentile(&empty, 0.5);
+    println!(
+        "{:>12} {:>10} {timer:>12.0} {:>12.0}",
+        "-",
+        "timer",
+        percentile(&empty, 0.99)
+    );
+    rows.push(format!(
+        "{{\"live_names\":0,\"op\":\"timer\",\"median_ns\":{timer:.0}}}"
+    ));
     let mut live = Vec::new();
     let levels: Vec<usize> = only.map_or(vec![1, 1_000, 100_000], |n| vec![n]);
     for target in levels {

@@ -85,6 +85,23 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
         .expect("make_resource");
     let mut live = Vec::new();
     let mut curve = Vec::new();
+    // What timing one call costs by itself (two clock reads): part of every latency here (and
+    // of the Boost peer's, which times with the same clock).
+    let mut empty: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            t.elapsed()
+        })
+        .collect();
+    let (timer, _) = percentiles(&mut empty);
+    ctx.report.add(
+        "named",
+        "timer (empty timed span)",
+        "",
+        "median",
+        timer,
+        "ns",
+    );
     for &n in &[1usize, 1_000, 100_000] {
         if rank == 0 {
             while live.len() < n {
