@@ -353,11 +353,12 @@ pub fn memory_and_bandwidth(ctx: &mut Ctx) {
     let fill = |t: &mut [u64]| t.iter_mut().enumerate().for_each(|(i, v)| *v = i as u64);
     let label = format!("{mib} MiB");
 
+    // Before make_resource: ranks map their share of the pages while reserving it.
+    let before = pss_bytes();
     let alloc = ctx
         .rm
         .make_resource("SHARED::table", Traits::new((mib + 1) * MIB))
         .expect("make_resource");
-    let before = pss_bytes();
     let table = alloc
         .get_or_init::<u64>("table", len, fill)
         .expect("get_or_init");

@@ -61,14 +61,14 @@ fn variants(ctx: &Ctx, largest: bool) -> Vec<Variant> {
             back_to_back: false,
         },
     ];
-    if !largest {
-        return v;
-    }
     v.push(Variant {
-        label: "nodeshm fallocate (before)",
+        label: "nodeshm fallocate",
         traits: Some(|size, _| Traits::new(size).reservation(Reservation::Fallocate)),
         back_to_back: false,
     });
+    if !largest {
+        return v;
+    }
     v.push(Variant {
         label: "nodeshm fallocate+populate",
         traits: Some(|size, _| Traits::new(size).reservation(Reservation::FallocateThenPopulate)),

@@ -426,6 +426,8 @@ impl Arena {
         let total = self.region.len();
         let fallocate = || shm::reserve(&self._file, &self.path, start, end - start, total);
         match self.reservation {
+            Reservation::Auto if end - start < super::options::POPULATE_FROM => fallocate(),
+            Reservation::Auto => self.populate_write(start, end, fallocate),
             Reservation::Fallocate => fallocate(),
             Reservation::Populate => self.populate_write(start, end, fallocate),
             Reservation::FallocateThenPopulate => {

@@ -44,7 +44,7 @@ pub use directory::{EntryInfo, MAX_NAME_LEN};
 pub use heap::HeapReport;
 pub use inspect::{inspect, Inspected, Inspection};
 pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
-pub use options::{HugePages, Options, Reservation, Unlink};
+pub use options::{HugePages, Options, Reservation, Unlink, POPULATE_FROM};
 pub use shm::{
     backing_dir, backing_kind, checked_regular, file_kind, open_for_reading, BackingKind,
     DEFAULT_SHM_DIR, SHM_DIR_ENV, SHM_PREFIX,

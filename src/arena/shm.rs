@@ -318,7 +318,17 @@ fn process_stat(pid: u32) -> Option<(char, u64)> {
 
 /// A process's start time in clock ticks since boot, from /proc (0 if unreadable).
 pub fn process_start_time(pid: u32) -> u64 {
-    process_stat(pid).map_or(0, |(_, start)| start)
+    // This process's own, asked for at every create and attach, is read once per pid (a forked
+    // child has a pid of its own, so it reads its own).
+    static OWN: std::sync::Mutex<(u32, u64)> = std::sync::Mutex::new((0, 0));
+    if pid != std::process::id() {
+        return process_stat(pid).map_or(0, |(_, start)| start);
+    }
+    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    if own.0 != pid || own.1 == 0 {
+        *own = (pid, process_stat(pid).map_or(0, |(_, start)| start));
+    }
+    own.1
 }
 
 /// Whether `pid` is a running process (not a zombie) that started at `start_time` (0: any), so

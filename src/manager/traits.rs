@@ -72,7 +72,7 @@ impl Traits {
             numa: NumaPolicy::Auto,
             huge_pages: HugePages::Never,
             prefault: false,
-            reservation: Reservation::Populate,
+            reservation: Reservation::Auto,
         }
     }
 
@@ -140,8 +140,9 @@ impl Traits {
     }
 
     /// How each rank reserves its share of the arena's pages at creation (default
-    /// [`Reservation::Populate`]: allocated and mapped in one pass, so a rank's first writes to
-    /// its own share take no page fault). [`Reservation::Fallocate`] is the older way.
+    /// [`Reservation::Auto`]: shares of 4 MiB and more are allocated and mapped in one pass, so
+    /// a rank's first writes to its own share take no page fault; smaller ones are only
+    /// allocated, which makes small allocators ready sooner).
     pub fn reservation(mut self, how: Reservation) -> Self {
         self.reservation = how;
         self
