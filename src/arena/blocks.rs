@@ -46,13 +46,16 @@ impl Arena {
         // does not fit, damage, a race lost twice) is decided under the lock instead, where
         // the errors are reported.
         let mut missing = None;
-        for _ in 0..2 {
+        for _ in 0..4 {
             let (entry, state) = match directory::lookup_fast(r, key, h) {
                 Fast::Hit { entry, state } => (entry, state),
                 Fast::Miss { version } => {
                     missing = Some(version);
                     break;
                 }
+                // Often another process creating this very name: wait for it, then take a
+                // reference without the lock like everyone else.
+                Fast::Busy if directory::wait_for_chain(r, h) => continue,
                 Fast::Busy => break,
             };
             let Ok((data, size)) = directory::data_of(r, entry, align) else {
@@ -133,9 +136,10 @@ impl Arena {
         let h = directory::hash(key);
         let mut held = self.held.lock();
         let r = &self.region;
-        for _ in 0..2 {
+        for _ in 0..4 {
             match directory::lookup_fast(r, key, h) {
                 Fast::Miss { .. } => return Ok(None),
+                Fast::Busy if directory::wait_for_chain(r, h) => continue,
                 Fast::Busy => break,
                 Fast::Hit { entry, state } => {
                     let Ok((data, size)) = directory::data_of(r, entry, l::ALIGN) else {

@@ -258,6 +258,20 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     }
 }
 
+/// After a [`Fast::Busy`]: waits a little (a bounded spin, no clock) for the update of the
+/// chain of `h` to end, so that the lookup can be tried again without the lock. False when it
+/// did not end in time (the caller then takes the lock, which waits properly).
+pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
+    let version = r.version(stripe_of(r, h));
+    for _ in 0..512 {
+        if version.load(Ordering::Acquire) & 1 == 0 {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
+
 /// Under the lock: whether the miss that [`lookup_fast`] reported with `version` still holds
 /// (no update changed a chain of that stripe since; a recovery moves every odd stripe), so
 /// that the name can be inserted without walking its chain again.
