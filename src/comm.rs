@@ -288,19 +288,7 @@ pub fn fingerprint(description: &str) -> u64 {
 /// rank gets the same error naming the first rank that differs from rank 0 and both
 /// descriptions. Collective over `comm`.
 pub fn check_same(comm: &SimpleCommunicator, what: &str, description: &str) -> Result<()> {
-    let hash = fnv(description.as_bytes());
-    // One reduction for both extremes: max(!h) is !min(h).
-    let mut extremes = [0u64; 2];
-    counted();
-    comm.all_reduce_into(
-        &[hash, !hash][..],
-        &mut extremes[..],
-        SystemOperation::max(),
-    );
-    if extremes[0] == !extremes[1] {
-        return Ok(());
-    }
-    Err(mismatch(comm, what, description, hash))
+    agree_same(comm, what, description, Ok(()))
 }
 
 /// The error when ranks passed different arguments: names the first rank that differs from rank
