@@ -1,11 +1,13 @@
-//! The in-arena layout, version 1. Everything here is `#[repr(C)]`, addressed by offsets from the
-//! start of the shm object, and validated on attach. Changing any of it means bumping
-//! [`LAYOUT_VERSION`]: an attacher of another version gets a clear error instead of misreading.
+//! The in-arena layout ([`LAYOUT_VERSION`]). Everything here is `#[repr(C)]`, addressed by
+//! offsets from the start of the shm object, and validated on attach. Changing any of it means
+//! bumping [`LAYOUT_VERSION`]: an attacher of another version gets a clear error instead of
+//! misreading.
 //!
 //! ```text
-//! 0               Header (identity, locks, heap metadata, undo log)
+//! 0               Header (identity, locks, directory version stripes, heap metadata, undo log)
 //! buckets_offset  name directory: bucket_count u64 offsets of entry chains
-//! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]
+//! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]; named
+//!                 blocks hold [name][padding][data]; chunks of 32 directory slots (Entry)
 //! heap_end-16     sentinel block header (size 0, used)
 //! ```
 
