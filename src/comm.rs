@@ -205,9 +205,13 @@ pub fn agree_same<T>(
     local: Result<T>,
 ) -> Result<T> {
     let hash = fnv(description.as_bytes());
-    // max(!h) is !min(h); the lowest failing rank r is the largest MAX - r.
+    // max(!h) is !min(h), whether the MPI compares these words as unsigned or as signed (!x is
+    // order-reversing both ways); the lowest failing rank r is the largest FAILED - r. FAILED
+    // keeps that positive either way: MPICH's MAX on them compares as signed, where MAX - r
+    // would lose to the 0 of the ranks that succeeded.
+    const FAILED: u64 = 1 << 62;
     let failing = if local.is_err() {
-        u64::MAX - comm.rank() as u64
+        FAILED - comm.rank() as u64
     } else {
         0
     };
@@ -224,7 +228,7 @@ pub fn agree_same<T>(
     if out[2] == 0 {
         return local;
     }
-    Err(spread(comm, (u64::MAX - out[2]) as i32, local))
+    Err(spread(comm, (FAILED - out[2]) as i32, local))
 }
 
 /// The failure path of an agreement: every rank learns the error of rank `first` (the lowest
