@@ -204,7 +204,7 @@ pub fn agree_same<T>(
     description: &str,
     local: Result<T>,
 ) -> Result<T> {
-    let hash = fnv(description.as_bytes());
+    let hash = fingerprint(description);
     // max(!h) is !min(h), whether the MPI compares these words as unsigned or as signed (!x is
     // order-reversing both ways); the lowest failing rank r is the largest FAILED - r. FAILED
     // keeps that positive either way: MPICH's MAX on them compares as signed, where MAX - r

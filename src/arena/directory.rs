@@ -307,7 +307,9 @@ pub(crate) fn take_reference_now(r: &Region, e: u64) -> Result<Option<u32>> {
         if s.refs() == 0 {
             return Ok(None);
         }
-        if take_reference(r, e, State(s.0 & !PENDING))? {
+        // Under the lock every entry in a chain is committed and `lookup_locked` published it,
+        // so the state is live here unless its count just reached zero.
+        if take_reference(r, e, s)? {
             return Ok(Some(s.generation()));
         }
     }
