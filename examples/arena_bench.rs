@@ -1,7 +1,7 @@
 //! Single-process arena benchmark: allocate / find / deallocate latency with 1, 1,000 and
 //! 100,000 live names. Prints a table; `--json FILE` writes the figures too.
 //!
-//!     cargo run --release --example arena_bench [-- --json arena.json] [--live N]
+//!     cargo run --release --example arena_bench [-- --json arena.json] [--live N] [--rounds N]
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,12 @@ fn main() -> nodeshm::Result<()> {
         .skip_while(|a| a != "--live")
         .nth(1)
         .and_then(|n| n.parse().ok());
+    // `--rounds N`: repeat each level's probe loop N times (a longer run for `perf record`).
+    let rounds: usize = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let name = format!("nodeshm-bench-{}", std::process::id());
     let arena = Arena::create(
         &name,
@@ -62,7 +68,7 @@ fn main() -> nodeshm::Result<()> {
         let mut dealloc = Vec::with_capacity(SAMPLES);
         // Allocate a fresh name, find it, then release both references: the live count stays at
         // `target` (+1 during the probe).
-        for n in &names {
+        for n in std::iter::repeat_n(&names, rounds).flatten() {
             let t = Instant::now();
             let b = arena.allocate(n, 64)?;
             alloc.push(t.elapsed());

@@ -151,6 +151,10 @@ int nodeshm_find(const nodeshm_allocator_t *a, const char *name, void **ptr, uin
 /* Bytes in use in this rank's arena (Umpire's getActualSize). */
 int nodeshm_actual_size(const nodeshm_allocator_t *a, uint64_t *out);
 int nodeshm_stats(const nodeshm_allocator_t *a, nodeshm_stats_t *out);
+/* Gives the blocks of removed small names (kept for the next name of their size, counted as
+ * free) back to the heap, merged with their neighbours (Umpire's coalesce). Allocation does
+ * it by itself when a block does not fit otherwise. */
+int nodeshm_coalesce(const nodeshm_allocator_t *a);
 /* The ranks sharing this arena, as a Fortran handle (owned by the allocator: do not free). */
 int nodeshm_allocator_comm(const nodeshm_allocator_t *a, int *comm_f);
 /* The allocator's user lock, robust and with a timeout: *owner_died (may be NULL) is 1 when the

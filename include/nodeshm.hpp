@@ -197,6 +197,8 @@ class allocator {
         detail::check(nodeshm_stats(a_, &s), "nodeshm_stats");
         return s;
     }
+    /* Removed small names' blocks, kept for reuse, back to the heap (Umpire's coalesce). */
+    void coalesce() const { detail::check(nodeshm_coalesce(a_), "nodeshm_coalesce"); }
     std::uint64_t actual_size() const {
         std::uint64_t n = 0;
         detail::check(nodeshm_actual_size(a_, &n), "nodeshm_actual_size");

@@ -526,6 +526,17 @@ pub unsafe extern "C" fn nodeshm_actual_size(a: *const NodeshmAllocator, out: *m
     guard(|| unsafe { put(out, handle(a, "allocator")?.0.actual_size()?, "out") })
 }
 
+/// Gives the blocks of removed small names, kept for the next name of their size, back to
+/// the heap of this rank's arena, merged with their neighbours (Umpire's `coalesce`).
+///
+/// # Safety
+/// `a` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn nodeshm_coalesce(a: *const NodeshmAllocator) -> c_int {
+    // SAFETY: forwarded contract.
+    guard(|| unsafe { handle(a, "allocator")? }.0.coalesce())
+}
+
 /// Usage figures of this rank's arena.
 ///
 /// # Safety

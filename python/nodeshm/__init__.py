@@ -188,6 +188,12 @@ class _Blocks:
         """Bytes in use, block metadata included (Umpire's getActualSize)."""
         return self._native.actual_size()
 
+    def coalesce(self):
+        """Gives the blocks of removed small names, kept for the next name of their size (and
+        counted as free), back to the heap, merged with their neighbours (Umpire's coalesce).
+        Allocation does this by itself when a block does not fit otherwise."""
+        self._native.coalesce()
+
     def lock(self):
         """The robust user lock, as a context manager (``with a.lock(): ...``); raises Timeout
         after the lock timeout. ``owner_died`` on the entered lock tells whether the previous

@@ -407,6 +407,10 @@ impl PyAllocator {
     fn actual_size(&self, py: Python<'_>) -> PyResult<u64> {
         self.inner().actual_size().py(py)
     }
+    /// Gives the blocks of removed small names (kept for reuse) back to the heap.
+    fn coalesce(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner().coalesce().py(py)
+    }
     /// The allocator's communicator as a Fortran handle (owned by the allocator).
     #[getter]
     fn comm_f(&self, py: Python<'_>) -> PyResult<i32> {
@@ -682,6 +686,10 @@ impl PyArena {
     }
     fn actual_size(&self, py: Python<'_>) -> PyResult<u64> {
         self.owner.arena().actual_size().py(py)
+    }
+    /// Gives the blocks of removed small names (kept for reuse) back to the heap.
+    fn coalesce(&self, py: Python<'_>) -> PyResult<()> {
+        self.owner.arena().coalesce().py(py)
     }
     #[getter]
     fn path(&self) -> String {

@@ -115,6 +115,15 @@ def basic():
     assert counter[0] == 50 * size, counter[0]
     st = a.stats()
     assert st["live_blocks"] >= 4 and st["used"] == a.actual_size(), st
+    # A removed small block is kept for reuse but counted as free; coalesce gives it back.
+    comm.Barrier()
+    if rank == 0:
+        used = a.stats()["used"]
+        a.deallocate(a.allocate("scratch", shape=(8,), dtype=np.int64))
+        assert a.stats()["used"] == used, (a.stats(), used)
+        a.coalesce()
+        assert a.stats()["used"] == used, (a.stats(), used)
+    comm.Barrier()
     names = {e[0] for e in a.entries()}
     assert {"halo", "rows", "eos", "counter"} <= names, names
     assert a.scope_instance == "node 0" and "numa_asked" in a.placement

@@ -7,6 +7,7 @@ use super::directory::{self, EntryInfo, Fast};
 use super::header;
 use super::heap::{self, HeapReport};
 use super::layout as l;
+use super::recycle;
 use super::region::Mem;
 use super::{page_size, Arena, Block, Held, HeldMap, Stats, ALL};
 use crate::error::{Error, Result};
@@ -68,7 +69,7 @@ impl Arena {
                 return self.hand_out(&mut held, entry, state.generation(), data, size, false);
             }
         }
-        let (entry, generation, created) = self.locked(|tx| {
+        let find_or_insert = |tx: &mut super::region::Tx| {
             let r = *tx.region();
             let known_missing = missing.is_some_and(|v| directory::still_missing(&r, h, v));
             let existing = if known_missing {
@@ -102,7 +103,15 @@ impl Arena {
             }
             let e = directory::insert(tx, key, h, bytes, align)?;
             Ok((e, directory::state(&r, e)?.generation(), true))
-        })?;
+        };
+        let (entry, generation, created) = match self.locked(find_or_insert) {
+            // Parked blocks are merged back into the heap only when that may make room.
+            Err(Error::OutOfSpace { .. }) if recycle::any(r)? => {
+                self.coalesce()?;
+                self.locked(find_or_insert)
+            }
+            other => other,
+        }?;
         let (data, size) = directory::data_of(r, entry, align)?;
         self.hand_out(&mut held, entry, generation, data, size, created)
     }
@@ -268,6 +277,26 @@ impl Arena {
         Ok(())
     }
 
+    /// Gives the blocks of removed names that wait for reuse (small blocks are kept with their
+    /// directory slot for the next name of their size: see `Stats`) back to the heap, merged
+    /// with their free neighbours, like Umpire's `coalesce`. Allocation does this by itself
+    /// when a block does not fit otherwise; call it before reading the heap's shape (the
+    /// largest free block) or to hand the memory to blocks of other sizes. Takes the lock once
+    /// per few blocks.
+    pub fn coalesce(&self) -> Result<()> {
+        // A few per update: each costs about 20 logged words of the log's 256.
+        const PER_UPDATE: u64 = 6;
+        let rounds = self.region.geometry().max_blocks() / PER_UPDATE + 1;
+        for _ in 0..rounds {
+            if self.locked(|tx| recycle::release(tx, PER_UPDATE))? < PER_UPDATE {
+                return Ok(());
+            }
+        }
+        Err(Error::Corrupted(
+            "the parked-block lists do not end (a cycle?)".into(),
+        ))
+    }
+
     /// Usage figures. Takes the lock briefly.
     pub fn stats(&self) -> Result<Stats> {
         self.locked(|tx| header::stats(tx.region()))
@@ -283,11 +312,23 @@ impl Arena {
         self.locked(|tx| Ok(directory::entries(tx.region(), ALL)?.0))
     }
 
-    /// Checks the heap and directory for consistency (under the lock); returns the heap counts.
+    /// Checks the heap, the directory and the parked blocks for consistency (under the lock);
+    /// returns the heap counts.
     pub fn verify(&self) -> Result<HeapReport> {
         self.locked(|tx| {
-            let report = heap::verify(tx.region())?;
+            let mut report = heap::verify(tx.region())?;
             directory::verify(tx.region())?;
+            let (blocks, bytes) = recycle::verify(tx.region())?;
+            if blocks > report.used_blocks || bytes > report.used_bytes {
+                return Err(Error::Corrupted(format!(
+                    "{blocks} parked blocks of {bytes} bytes, but only {} blocks of {} bytes                      are in use",
+                    report.used_blocks, report.used_bytes
+                )));
+            }
+            report.used_blocks -= blocks;
+            report.used_bytes -= bytes;
+            report.parked_blocks = blocks;
+            report.parked_bytes = bytes;
             Ok(report)
         })
     }

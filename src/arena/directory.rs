@@ -13,9 +13,9 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::arena::heap;
 use crate::arena::layout::{self as l, round_up, ENTRY_SIZE};
 use crate::arena::region::{Mem, Region, Tx};
+use crate::arena::{heap, recycle};
 use crate::error::{Error, Result};
 
 /// Longest block name, in bytes.
@@ -88,7 +88,7 @@ impl State {
 }
 
 /// Checks that `e` can be a directory slot: an aligned offset inside the heap with room for it.
-fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
+pub(crate) fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
     let g = r.geometry();
     if e < g.heap_offset + 16 || e % l::ALIGN != 0 || e > g.sentinel().saturating_sub(ENTRY_SIZE) {
         return Err(Error::Corrupted(format!(
@@ -402,16 +402,27 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
     let r = *tx.region();
     let request = block_request(name.len() as u64, bytes, align)
         .ok_or_else(|| Error::InvalidArgument(format!("a block of {bytes} bytes cannot exist")))?;
-    // The slot first: a new chunk of slots then lies below the block, so that freeing the block
-    // later merges it with the free space after it. A block that cannot fit fails before a
-    // chunk is carved, so the error's figures are the arena's as it stands.
-    if tx.get(l::SLOT_FREE)? == 0 {
-        heap::check_fits(&r, request)?;
-    }
-    let slot = take_slot(tx)?;
+    let payload = heap::payload_for(request)?;
+    let (slot, block) = match recycle::take(tx, payload)? {
+        Some((slot, block)) => {
+            // Parked: whatever its last name left in it goes (fresh heap blocks come zeroed).
+            r.zero(block, payload)?;
+            (slot, block)
+        }
+        None => {
+            // The slot first: a new chunk of slots then lies below the block, so that freeing
+            // the block later merges it with the free space after it. A block that cannot fit
+            // fails before a chunk is carved, so the error's figures are the arena's as it
+            // stands.
+            if tx.get(l::SLOT_FREE)? == 0 {
+                heap::check_fits(&r, request)?;
+            }
+            let slot = take_slot(tx)?;
+            (slot, heap::alloc(tx, request)?)
+        }
+    };
     // Before the new slot is linked: readers of this chain see the version move.
     tx.touch(stripe_of(&r, h))?;
-    let block = heap::alloc(tx, request)?;
     let data = round_up(block + name.len() as u64, align);
     let generation = state(&r, slot)?.generation().wrapping_add(1);
     // The new generation first, pending: a reader holding this slot's offset from before now
@@ -437,7 +448,8 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
 }
 
 /// Removes entry `e` of generation `generation`, whose last reference was dropped: unlinks
-/// it, frees its block and gives its slot back. Nothing happens if another process removed it
+/// it and parks its slot with its block (see `recycle.rs`), or frees both when the block is
+/// too large to park. Nothing happens if another process removed it
 /// already (it is no longer in its chain, or the slot moved on to another generation).
 pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
     let r = *tx.region();
@@ -465,7 +477,16 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         l::REQUESTED,
         tx.get(l::REQUESTED)?.wrapping_sub(r.load(e + l::E_SIZE)?),
     )?;
-    heap::free(tx, r.load(e + l::E_BLOCK)?)?;
+    if recycle::park(tx, e)? {
+        return Ok(());
+    }
+    give_back(tx, e)
+}
+
+/// Frees the block of slot `e` (on no chain, without references) and puts the slot on the
+/// free slots.
+pub(crate) fn give_back(tx: &mut Tx, e: u64) -> Result<()> {
+    heap::free(tx, tx.get(e + l::E_BLOCK)?)?;
     tx.set(e + l::E_NEXT, tx.get(l::SLOT_FREE)?)?;
     tx.set(l::SLOT_FREE, e)
 }

@@ -98,10 +98,12 @@ pub(crate) fn encode_str(s: &str) -> [u8; l::LABEL_LEN] {
 /// Usage figures; `Corrupted` if the free lists are damaged.
 pub(crate) fn stats<M: Mem + ?Sized>(r: &M) -> Result<Stats> {
     let (free, largest_free) = heap::free_space(r)?;
+    // Parked blocks are the heap's "used" but the user's free (see recycle.rs).
+    let parked = r.load(l::PARKED_BYTES)?;
     Ok(Stats {
         capacity: heap::capacity(r),
-        used: r.load(l::USED)?,
-        free,
+        used: r.load(l::USED)?.saturating_sub(parked),
+        free: free.saturating_add(parked),
         largest_free,
         live_blocks: r.load(l::LIVE_BLOCKS)?,
         requested: r.load(l::REQUESTED)?,

@@ -11,6 +11,8 @@ use crate::arena::region::{Mem, Region, Tx};
 use crate::error::{Error, Result};
 
 const HDR: u64 = 16;
+/// Bytes of a block's header, counted in `used` with its payload.
+pub(crate) const BLOCK_HEADER: u64 = HDR;
 const MIN_PAYLOAD: u64 = 16;
 const FREE: u64 = 1;
 const PREV_FREE: u64 = 2;
@@ -229,14 +231,29 @@ pub(crate) fn capacity<M: Mem + ?Sized>(r: &M) -> u64 {
     g.heap_end - g.heap_offset - HDR
 }
 
+/// The payload a request of `size` bytes gets: at least 16 bytes, a multiple of 16.
+pub(crate) fn payload_for(size: u64) -> Result<u64> {
+    size.max(MIN_PAYLOAD)
+        .checked_next_multiple_of(ALIGN)
+        .filter(|&w| w < l::MAX_ARENA_SIZE)
+        .ok_or_else(|| Error::InvalidArgument(format!("a block of {size} bytes cannot exist")))
+}
+
+/// The payload size of the block in use whose payload starts at `payload`; `Corrupted` if
+/// that is not a block in use.
+pub(crate) fn payload_size<M: Mem + ?Sized>(r: &M, payload: u64) -> Result<u64> {
+    let b = check_block(r, payload.wrapping_sub(HDR))?;
+    next_phys(r, b)?;
+    if flags(r, b)? & FREE != 0 {
+        return Err(damaged(format!("block at offset {b} is free, not in use")));
+    }
+    size_of_block(r, b)
+}
+
 /// `OutOfSpace` (with the heap's figures as they are now) unless a block of `size` payload
 /// bytes can be allocated. Changes nothing.
 pub(crate) fn check_fits(r: &Region, size: u64) -> Result<()> {
-    let want = size
-        .max(MIN_PAYLOAD)
-        .checked_next_multiple_of(ALIGN)
-        .filter(|&w| w < l::MAX_ARENA_SIZE)
-        .ok_or_else(|| Error::InvalidArgument(format!("a block of {size} bytes cannot exist")))?;
+    let want = payload_for(size)?;
     match find_suitable(r, want)? {
         Some(_) => Ok(()),
         None if find_in_own_class(r, want)?.is_some() => Ok(()),
@@ -248,11 +265,7 @@ pub(crate) fn check_fits(r: &Region, size: u64) -> Result<()> {
 /// payload offset. Cost: O(1) plus zeroing the part of the block that was used before.
 pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     let r = *tx.region();
-    let want = size
-        .max(MIN_PAYLOAD)
-        .checked_next_multiple_of(ALIGN)
-        .filter(|&w| w < l::MAX_ARENA_SIZE)
-        .ok_or_else(|| Error::InvalidArgument(format!("a block of {size} bytes cannot exist")))?;
+    let want = payload_for(size)?;
     let found = match find_suitable(&r, want)? {
         Some(b) => Some(b),
         None => find_in_own_class(&r, want)?,
@@ -485,10 +498,14 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<HeapReport> {
 /// What [`Arena::verify`](crate::arena::Arena::verify) counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HeapReport {
-    /// Blocks in use.
+    /// Blocks in use (parked blocks not counted).
     pub used_blocks: u64,
     /// Bytes they take, headers included.
     pub used_bytes: u64,
+    /// Blocks of removed names parked for reuse by the next name of their size.
+    pub parked_blocks: u64,
+    /// Bytes they take, headers included.
+    pub parked_bytes: u64,
     /// Free blocks.
     pub free_blocks: u64,
     /// Bytes they hold, headers included.

@@ -16,7 +16,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -91,6 +91,9 @@ pub struct Header {
     pub attachers: [[u64; 2]; ATTACHER_SLOTS],
 }
 
+/// Size classes of parked blocks: payloads up to `PARK_CLASSES * ALIGN` bytes are parked.
+pub const PARK_CLASSES: usize = 64;
+
 /// Stripes of the directory version: updates of other names rarely disturb a reader.
 pub const VERSION_STRIPES: usize = 256;
 
@@ -112,6 +115,13 @@ pub struct Meta {
     pub slot_free: u64,
     /// Directory slots carved so far (they are never given back to the heap).
     pub slots: u64,
+    /// Heap bytes (headers included) of the blocks parked on `parked` (see `recycle.rs`):
+    /// counted in `used` by the heap, free to the user.
+    pub parked_bytes: u64,
+    /// Per size class, a list of removed names' slots that keep their heap block, linked by
+    /// the slot's `next`, for the next name of that size (class `i`: payloads of
+    /// `(i + 1) * ALIGN` bytes).
+    pub parked: [u64; PARK_CLASSES],
     pub fl_bitmap: u64,
     pub sl_bitmap: [u64; FL_COUNT],
     pub heads: [u64; FL_COUNT * SL_COUNT],
@@ -162,6 +172,8 @@ pub const HIGH_WATER: u64 = off!(meta.high_water);
 pub const PRISTINE_FROM: u64 = off!(meta.pristine_from);
 pub const SLOT_FREE: u64 = off!(meta.slot_free);
 pub const SLOTS: u64 = off!(meta.slots);
+pub const PARKED_BYTES: u64 = off!(meta.parked_bytes);
+pub const PARKED: u64 = off!(meta.parked);
 pub const FL_BITMAP: u64 = off!(meta.fl_bitmap);
 pub const SL_BITMAP: u64 = off!(meta.sl_bitmap);
 pub const HEADS: u64 = off!(meta.heads);

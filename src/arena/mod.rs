@@ -25,6 +25,7 @@ pub(crate) mod layout;
 mod lifecycle;
 mod lock;
 mod options;
+mod recycle;
 mod region;
 pub(crate) mod shm;
 #[cfg(test)]
@@ -63,15 +64,18 @@ pub struct Stats {
     pub capacity: u64,
     /// Bytes in use, including each block's header, name and alignment padding.
     pub used: u64,
-    /// `capacity - used`.
+    /// `capacity - used`. Includes the blocks of removed names that are parked for the next
+    /// name of their size (blocks of payloads up to 1 KiB: see [`Arena::coalesce`]).
     pub free: u64,
-    /// The largest block that can still be allocated in one piece (payload bytes).
+    /// The largest free block of the heap (payload bytes). Parked blocks are merged back when
+    /// an allocation does not fit, which may make room for a larger one;
+    /// [`Arena::coalesce`] first gives the heap's shape after that.
     pub largest_free: u64,
     /// Named blocks alive.
     pub live_blocks: u64,
     /// Sum of the sizes asked for by the live blocks.
     pub requested: u64,
-    /// Highest `used` ever seen.
+    /// Highest `used` ever seen (parked blocks counted).
     pub high_water: u64,
     /// How often a process found the lock's owner dead and repaired the metadata.
     pub recoveries: u64,

@@ -223,7 +223,109 @@ fn many_names_stay_consistent() {
     let report = arena.verify().unwrap();
     let (chunks, bytes) = slot_chunks(&arena);
     assert_eq!((report.used_blocks, report.used_bytes), (chunks, bytes));
+    assert!(report.parked_blocks > 0, "small blocks wait for reuse");
+    arena.coalesce().unwrap();
+    let report = arena.verify().unwrap();
+    assert_eq!(report.parked_blocks, 0);
     assert!(report.free_blocks <= chunks + 1);
+}
+
+/// A removed small block stays with its slot for the next name of its size: reused at the
+/// same offset, zeroed, and counted as free meanwhile.
+#[test]
+fn removed_small_blocks_are_parked_zeroed_and_reused() {
+    let dir = TempDir::new();
+    let arena = Arena::create("k", &dir.options(1 << 20)).unwrap();
+    let a = arena.allocate("first", 200).unwrap();
+    for w in a.as_atomic_u64() {
+        w.store(u64::MAX, Ordering::Relaxed);
+    }
+    let (offset, in_use) = (a.offset(), arena.stats().unwrap().used);
+    arena.deallocate(a).unwrap();
+    let report = arena.verify().unwrap();
+    assert_eq!(report.parked_blocks, 1);
+    let s = arena.stats().unwrap();
+    assert_eq!(s.used, slot_chunks(&arena).1, "parked bytes are not in use");
+    assert_eq!(s.free, s.capacity - s.used);
+    // Another size does not take it; the same size (another name of that length) does.
+    let other = arena.allocate("other", 500).unwrap();
+    assert_ne!(other.offset(), offset);
+    let b = arena.allocate("again", 200).unwrap();
+    assert_eq!(b.offset(), offset, "the parked block is reused");
+    assert!(b
+        .as_atomic_u64()
+        .iter()
+        .all(|w| w.load(Ordering::Relaxed) == 0));
+    assert_eq!(arena.lookup("again").unwrap().unwrap().size, 200);
+    assert!(arena.lookup("first").unwrap().is_none());
+    assert_eq!(arena.verify().unwrap().parked_blocks, 0);
+    arena.deallocate(other).unwrap();
+    let s = arena.stats().unwrap();
+    assert_eq!(s.used, in_use, "only 'again' in use");
+    arena.deallocate(b).unwrap();
+    arena.verify().unwrap();
+}
+
+/// Memory parked in small blocks is merged back when a large block needs it.
+#[test]
+fn a_large_block_gets_the_memory_of_parked_ones() {
+    let dir = TempDir::new();
+    let arena = Arena::create("m", &dir.options(1 << 20)).unwrap();
+    let mut small = Vec::new();
+    loop {
+        match arena.allocate(&format!("s{}", small.len()), 900) {
+            Ok(b) => small.push(b),
+            Err(Error::OutOfSpace { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(small.len() > 500, "{} blocks", small.len());
+    for b in small {
+        arena.deallocate(b).unwrap();
+    }
+    assert!(arena.verify().unwrap().parked_blocks > 500);
+    // Larger than any block the heap has left; room for it lies between the directory's slot
+    // chunks, which stay where they are.
+    assert!(arena.stats().unwrap().largest_free < 20_000);
+    let big = arena.allocate("big", 20_000).unwrap();
+    let report = arena.verify().unwrap();
+    assert_eq!(report.parked_blocks, 0, "all merged back for it");
+    arena.deallocate(big).unwrap();
+    arena.verify().unwrap();
+}
+
+/// A park list that points at a live entry or outside the heap is reported, not followed.
+#[test]
+fn a_damaged_park_list_is_an_error() {
+    let dir = TempDir::new();
+    let arena = Arena::create("d", &dir.options(1 << 20)).unwrap();
+    let live = arena.allocate("live", 64).unwrap();
+    let gone = arena.allocate("gone", 64).unwrap();
+    arena.deallocate(gone).unwrap();
+    let r = arena.region;
+    let class = (0..l::PARK_CLASSES as u64)
+        .find(|c| r.load(l::PARKED + c * 8).unwrap() != 0)
+        .expect("one list holds the removed block");
+    let head = l::PARKED + class * 8;
+    let parked = r.load(head).unwrap();
+    for bad in [12_345_678u64, 8, parked + 8] {
+        r.store(head, bad).unwrap();
+        let err = arena.verify().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Corrupted, "{err}");
+        let err = arena.allocate("gone", 64).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Corrupted, "{err}");
+    }
+    // Pointing at the live entry: a slot with references is not parked.
+    let key = b"live";
+    let directory::Fast::Hit { entry, .. } = directory::lookup_fast(&r, key, directory::hash(key))
+    else {
+        panic!("live is found");
+    };
+    r.store(head, entry).unwrap();
+    assert_eq!(arena.verify().unwrap_err().code(), ErrorCode::Corrupted);
+    r.store(head, parked).unwrap();
+    arena.verify().unwrap();
+    arena.deallocate(live).unwrap();
 }
 
 #[derive(Debug, Clone)]
@@ -294,10 +396,18 @@ proptest! {
         let report = arena.verify().unwrap();
         let (chunks, bytes) = slot_chunks(&arena);
         prop_assert_eq!((report.used_blocks, report.used_bytes), (chunks, bytes));
+        prop_assert_eq!(report.free_bytes + report.parked_bytes + bytes, heap::capacity(&arena.region));
+        // Parked blocks merged back: the heap is whole again.
+        arena.coalesce().unwrap();
+        let report = arena.verify().unwrap();
+        prop_assert_eq!((report.parked_blocks, report.parked_bytes), (0, 0));
         prop_assert!(report.free_blocks <= chunks + 1);
         prop_assert_eq!(report.free_bytes + bytes, heap::capacity(&arena.region));
     }
 }
+
+/// One metadata update, as the tests drive it.
+type Update<'a> = dyn Fn(&mut Tx) -> crate::Result<()> + 'a;
 
 /// An update abandoned halfway (as by a killed process) is undone by `roll_back`, at every
 /// possible stopping point.
@@ -313,28 +423,72 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
             arena.deallocate(*b).unwrap();
         }
     }
+    let r = arena.region;
+    // Two entries whose last holder died before removing them: a small one (its block is
+    // parked on removal) and a large one (freed to the heap).
+    let zombie = |name: &str, bytes: u64| {
+        let b = arena.allocate(name, bytes).unwrap();
+        let key = name.as_bytes();
+        let directory::Fast::Hit { entry, state } =
+            directory::lookup_fast(&r, key, directory::hash(key))
+        else {
+            panic!("{name} is found");
+        };
+        assert!(directory::drop_reference(&r, entry, state.generation()).unwrap());
+        arena.held.lock().remove(&b.offset());
+        (entry, state.generation())
+    };
+    let small = zombie("zs", 100);
+    let large = zombie("zl", 5000);
     let before = arena.entries().unwrap();
     let stats = arena.stats().unwrap();
-    let r = arena.region;
-    for stop_after in 1..40u64 {
+    let key = b"interrupted";
+    let updates: [(&str, &Update); 4] = [
+        ("insert into a parked block", &|tx| {
+            directory::insert(tx, key, directory::hash(key), 300, 64).map(drop)
+        }),
+        ("insert into a new block", &|tx| {
+            directory::insert(tx, key, directory::hash(key), 3000, 64).map(drop)
+        }),
+        ("remove and park", &|tx| {
+            directory::remove_dead(tx, small.0, small.1)
+        }),
+        ("remove and free", &|tx| {
+            directory::remove_dead(tx, large.0, large.1)
+        }),
+    ];
+    // The first insert really takes a parked block, the first removal really parks one.
+    for (i, change) in [(0, -1i64), (2, 1)] {
+        let parked = r.load(l::PARKED_BYTES).unwrap() as i64;
         let mut tx = Tx::begin(&r);
-        tx.limit = Some(stop_after);
-        let _ = directory::insert(
-            &mut tx,
-            b"interrupted",
-            directory::hash(b"interrupted"),
-            300,
-            64,
-        );
-        std::mem::forget(tx); // the process "dies" here: no commit, no drop
+        updates[i].1(&mut tx).unwrap();
+        let now = r.load(l::PARKED_BYTES).unwrap() as i64;
+        assert_eq!((now - parked).signum(), change, "{}", updates[i].0);
+        std::mem::forget(tx);
         r.roll_back().unwrap();
         r.settle_version();
-        arena
-            .verify()
-            .unwrap_or_else(|e| panic!("after stopping at write {stop_after}: {e}"));
-        assert_eq!(arena.entries().unwrap(), before);
-        let now = arena.stats().unwrap();
-        assert_eq!((now.used, now.live_blocks), (stats.used, stats.live_blocks));
+    }
+    for (what, update) in updates {
+        let mut completed = false;
+        for stop_after in 1..80u64 {
+            let mut tx = Tx::begin(&r);
+            tx.limit = Some(stop_after);
+            completed |= update(&mut tx).is_ok();
+            std::mem::forget(tx); // the process "dies" here: no commit, no drop
+            r.roll_back().unwrap();
+            r.settle_version();
+            arena
+                .verify()
+                .unwrap_or_else(|e| panic!("{what}, stopped at write {stop_after}: {e}"));
+            assert_eq!(arena.entries().unwrap(), before, "{what}, {stop_after}");
+            let now = arena.stats().unwrap();
+            assert_eq!(
+                (now.used, now.live_blocks, now.free),
+                (stats.used, stats.live_blocks, stats.free),
+                "{what}, {stop_after}"
+            );
+        }
+        assert!(completed, "{what}: every stopping point was tried");
     }
 }
 

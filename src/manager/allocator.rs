@@ -132,6 +132,12 @@ impl Allocator {
         self.0.arena.stats()
     }
 
+    /// Gives this rank's arena's parked blocks (removed small names kept for reuse) back to
+    /// its heap, merged with their neighbours (Umpire's `coalesce`); see [`Arena::coalesce`].
+    pub fn coalesce(&self) -> Result<()> {
+        self.0.arena.coalesce()
+    }
+
     /// Every named block of this rank's arena.
     pub fn entries(&self) -> Result<Vec<EntryInfo>> {
         self.0.arena.entries()

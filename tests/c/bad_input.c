@@ -94,6 +94,8 @@ int main(int argc, char **argv) {
     expect("stats into NULL", nodeshm_stats(a, NULL), NODESHM_EINVAL, "out is NULL");
     expect("stats", nodeshm_stats(a, &st), NODESHM_OK, NULL);
     expect("no live blocks", (int)st.live_blocks, 0, NULL);
+    expect("coalesce NULL", nodeshm_coalesce(NULL), NODESHM_EINVAL, "allocator is NULL");
+    expect("coalesce", nodeshm_coalesce(a), NODESHM_OK, NULL);
     nodeshm_allocator_t *again = NULL;
     expect("get_allocator", nodeshm_get_allocator(rm, "SHARED::c", &again), NODESHM_OK, NULL);
     expect("get_allocator gives a handle", again != NULL ? 0 : -1, 0, NULL);
