@@ -180,9 +180,9 @@ fn cmake_package_examples_and_bad_input() {
     cmake_build(&root.join("tests/c"), &work.join("tests"), &prefix);
     // One check more under Open MPI, which lets an unknown Fortran handle be detected.
     let checks = if support::launch::mpi() == "openmpi" {
-        55
+        57
     } else {
-        54
+        56
     };
     for exe in ["bad_input", "bad_input_static"] {
         let out = launch(2, &work.join("tests").join(exe));

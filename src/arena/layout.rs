@@ -193,7 +193,7 @@ pub const UNLINK_POLICY: u64 = off!(unlink_policy);
 /// block's alignment and then the user's data (`data_offset`).
 #[repr(C)]
 pub struct Entry {
-    /// Next entry of the bucket chain, or next free slot.
+    /// Next entry of the bucket chain, next free slot, or next parked slot of its class.
     pub next: u64,
     pub hash: u64,
     /// `generation << 32 | PENDING | references`: changed only by compare-and-swap (and by
