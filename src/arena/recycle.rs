@@ -95,7 +95,7 @@ pub(crate) fn release(tx: &mut Tx, max: u64) -> Result<u64> {
     let mut released = 0;
     for class in 0..PARK_CLASSES {
         while released < max {
-            let Some(size) = heap_size_of_head(&r, class)? else {
+            let Some(size) = parked_payload(&r, class)? else {
                 break;
             };
             let e = tx.get(head(class))?;
@@ -111,7 +111,7 @@ pub(crate) fn release(tx: &mut Tx, max: u64) -> Result<u64> {
     Ok(released)
 }
 
-fn heap_size_of_head<M: Mem + ?Sized>(r: &M, class: usize) -> Result<Option<u64>> {
+fn parked_payload<M: Mem + ?Sized>(r: &M, class: usize) -> Result<Option<u64>> {
     match r.load(head(class))? {
         0 => Ok(None),
         e => check_parked(r, e, class).map(|(_, size)| Some(size)),
