@@ -53,10 +53,15 @@ pub(crate) fn park(tx: &mut Tx, e: u64) -> Result<bool> {
 /// A parked slot whose block has exactly `payload` bytes, taken off its list: `(slot, block)`.
 /// The block's bytes are whatever its last name left there.
 pub(crate) fn take(tx: &mut Tx, payload: u64) -> Result<Option<(u64, u64)>> {
+    match class_of(payload) {
+        Some(class) => pop(tx, class),
+        None => Ok(None),
+    }
+}
+
+/// Takes the first slot off the list of `class`, checked: `(slot, block)`.
+fn pop(tx: &mut Tx, class: usize) -> Result<Option<(u64, u64)>> {
     let r = *tx.region();
-    let Some(class) = class_of(payload) else {
-        return Ok(None);
-    };
     let e = tx.get(head(class))?;
     if e == 0 {
         return Ok(None);
@@ -91,31 +96,17 @@ fn check_parked<M: Mem + ?Sized>(r: &M, e: u64, class: usize) -> Result<(u64, u6
 /// their slots to the free slots; returns how many. Each costs about 20 logged words, so a
 /// caller keeps `max` small enough for one update's undo log.
 pub(crate) fn release(tx: &mut Tx, max: u64) -> Result<u64> {
-    let r = *tx.region();
     let mut released = 0;
     for class in 0..PARK_CLASSES {
         while released < max {
-            let Some(size) = parked_payload(&r, class)? else {
+            let Some((e, _)) = pop(tx, class)? else {
                 break;
             };
-            let e = tx.get(head(class))?;
-            tx.set(head(class), r.load(e + l::E_NEXT)?)?;
-            tx.set(
-                l::PARKED_BYTES,
-                tx.get(l::PARKED_BYTES)?.wrapping_sub(size + BLOCK_HEADER),
-            )?;
             directory::give_back(tx, e)?;
             released += 1;
         }
     }
     Ok(released)
-}
-
-fn parked_payload<M: Mem + ?Sized>(r: &M, class: usize) -> Result<Option<u64>> {
-    match r.load(head(class))? {
-        0 => Ok(None),
-        e => check_parked(r, e, class).map(|(_, size)| Some(size)),
-    }
 }
 
 /// Whether any block is parked.

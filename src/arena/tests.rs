@@ -64,6 +64,25 @@ fn slot_chunks(arena: &Arena) -> (u64, u64) {
     (chunks, chunks * (l::SLOTS_PER_CHUNK * l::ENTRY_SIZE + 16))
 }
 
+/// The live entry of `name`, found without the lock as readers do: (entry, generation).
+fn live_entry(arena: &Arena, name: &str) -> (u64, u32) {
+    let key = name.as_bytes();
+    match directory::lookup_fast(&arena.region, key, directory::hash(key)) {
+        directory::Fast::Hit { entry, state } => (entry, state.generation()),
+        other => panic!("{name} is not found without the lock: {other:?}"),
+    }
+}
+
+/// Makes `name` an entry whose last holder died between dropping its last reference and
+/// removing it (a zombie): returns (entry, generation).
+fn zombie(arena: &Arena, name: &str, bytes: u64) -> (u64, u32) {
+    let b = arena.allocate(name, bytes).unwrap();
+    let (entry, generation) = live_entry(arena, name);
+    assert!(directory::drop_reference(&arena.region, entry, generation).unwrap());
+    arena.held.lock().remove(&b.offset());
+    (entry, generation)
+}
+
 #[test]
 fn size_mismatch_names_both_sizes() {
     let dir = TempDir::new();
@@ -316,12 +335,7 @@ fn a_damaged_park_list_is_an_error() {
         assert_eq!(err.code(), ErrorCode::Corrupted, "{err}");
     }
     // Pointing at the live entry: a slot with references is not parked.
-    let key = b"live";
-    let directory::Fast::Hit { entry, .. } = directory::lookup_fast(&r, key, directory::hash(key))
-    else {
-        panic!("live is found");
-    };
-    r.store(head, entry).unwrap();
+    r.store(head, live_entry(&arena, "live").0).unwrap();
     assert_eq!(arena.verify().unwrap_err().code(), ErrorCode::Corrupted);
     r.store(head, parked).unwrap();
     arena.verify().unwrap();
@@ -426,20 +440,8 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
     let r = arena.region;
     // Two entries whose last holder died before removing them: a small one (its block is
     // parked on removal) and a large one (freed to the heap).
-    let zombie = |name: &str, bytes: u64| {
-        let b = arena.allocate(name, bytes).unwrap();
-        let key = name.as_bytes();
-        let directory::Fast::Hit { entry, state } =
-            directory::lookup_fast(&r, key, directory::hash(key))
-        else {
-            panic!("{name} is found");
-        };
-        assert!(directory::drop_reference(&r, entry, state.generation()).unwrap());
-        arena.held.lock().remove(&b.offset());
-        (entry, state.generation())
-    };
-    let small = zombie("zs", 100);
-    let large = zombie("zl", 5000);
+    let small = zombie(&arena, "zs", 100);
+    let large = zombie(&arena, "zl", 5000);
     let before = arena.entries().unwrap();
     let stats = arena.stats().unwrap();
     let key = b"interrupted";
@@ -652,17 +654,8 @@ fn typed_access_without_unsafe() {
 fn an_entry_left_without_references_is_removed_when_met() {
     let dir = TempDir::new();
     let arena = Arena::create("z", &dir.options(1 << 20)).unwrap();
-    let b = arena.allocate("zombie", 100).unwrap();
-    let r = arena.region;
-    let key = b"zombie";
-    let directory::Fast::Hit { entry, state } =
-        directory::lookup_fast(&r, key, directory::hash(key))
-    else {
-        panic!("the new name is found without the lock");
-    };
     // What the killed process did: its last reference dropped, nothing else.
-    assert!(directory::drop_reference(&r, entry, state.generation()).unwrap());
-    arena.held.lock().remove(&b.offset());
+    zombie(&arena, "zombie", 100);
     arena.verify().unwrap();
     assert_eq!(arena.stats().unwrap().live_blocks, 1, "still listed");
     // A lock-free reader does not trust it and asks under the lock, which removes it.
