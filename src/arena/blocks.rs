@@ -26,7 +26,7 @@ impl Arena {
     /// Like [`Arena::allocate`] with an explicit alignment: a power of two up to the page size.
     /// An existing block must already be that aligned.
     pub fn allocate_aligned(&self, name: &str, bytes: u64, align: u64) -> Result<Block<'_>> {
-        directory::validate_name(name)?;
+        let h = directory::checked_hash(name)?;
         if bytes == 0 {
             return Err(Error::InvalidArgument(format!(
                 "block {name:?}: size 0; ask for at least 1 byte"
@@ -40,7 +40,6 @@ impl Arena {
         }
         let align = align.max(l::ALIGN);
         let key = name.as_bytes();
-        let h = directory::hash(key);
         let mut held = self.held.lock();
         let r = &self.region;
         // An existing name without the lock. Anything unexpected (a size or alignment that
@@ -93,18 +92,19 @@ impl Arena {
                          every process must ask for it with the same alignment"
                     )));
                 }
-                directory::data_of(&r, e, align)?;
+                let placed = directory::data_of(&r, e, align)?;
                 if let Some(generation) = directory::take_reference_now(&r, e)? {
-                    return Ok((e, generation, false));
+                    return Ok((e, generation, false, placed));
                 }
                 // Its last reference went meanwhile: remove it and make the name anew.
                 let dead = directory::state(&r, e)?.generation();
                 directory::remove_dead(tx, e, dead)?;
             }
             let e = directory::insert(tx, key, h, bytes, align)?;
-            Ok((e, directory::state(&r, e)?.generation(), true))
+            let placed = directory::data_of(&r, e, align)?;
+            Ok((e, directory::state(&r, e)?.generation(), true, placed))
         };
-        let (entry, generation, created) = match self.locked(find_or_insert) {
+        let (entry, generation, created, (data, size)) = match self.locked(find_or_insert) {
             // Parked blocks are merged back into the heap only when that may make room.
             Err(Error::OutOfSpace { .. }) if recycle::any(r)? => {
                 self.coalesce()?;
@@ -112,7 +112,6 @@ impl Arena {
             }
             other => other,
         }?;
-        let (data, size) = directory::data_of(r, entry, align)?;
         self.hand_out(&mut held, entry, generation, data, size, created)
     }
 
@@ -140,9 +139,8 @@ impl Arena {
     /// The block `name` if it exists, taking one reference (release it with
     /// [`Arena::deallocate`]); never creates one.
     pub fn find(&self, name: &str) -> Result<Option<Block<'_>>> {
-        directory::validate_name(name)?;
+        let h = directory::checked_hash(name)?;
         let key = name.as_bytes();
-        let h = directory::hash(key);
         let mut held = self.held.lock();
         let r = &self.region;
         for _ in 0..4 {
@@ -179,9 +177,8 @@ impl Arena {
 
     /// Information about block `name` without taking a reference (for inspection only).
     pub fn lookup(&self, name: &str) -> Result<Option<EntryInfo>> {
-        directory::validate_name(name)?;
+        let h = directory::checked_hash(name)?;
         let key = name.as_bytes();
-        let h = directory::hash(key);
         self.locked(|tx| match directory::lookup_locked(tx, key, h)? {
             Some(e) => Ok(Some(directory::read_entry(tx.region(), e)?)),
             None => Ok(None),

@@ -14,28 +14,62 @@
 use std::sync::atomic::Ordering;
 
 use crate::arena::layout::{self as l, round_up, ENTRY_SIZE};
-use crate::arena::region::{Mem, Region, Tx};
+use crate::arena::region::{Counter, Mem, Region, Tx};
 use crate::arena::{heap, recycle};
 use crate::error::{Error, Result};
 
 /// Longest block name, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// FNV-1a with a final avalanche, so that names differing only in a trailing counter spread.
-pub(crate) fn hash(name: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in name {
-        h ^= b as u64;
+/// FNV-1a over 8-byte words with a final avalanche, so that names differing only in a
+/// trailing counter spread.
+/// Also tells whether `name` holds a NUL byte (the same pass: names are hashed on every call).
+fn fnv(name: &[u8]) -> (u64, bool) {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ name.len() as u64;
+    let mut nul = 0u64;
+    // Eight bytes per step (FNV-1a over words): names are hashed on every call. A word has a
+    // zero byte exactly when the classic `(w - LOW) & !w & HIGH` test is non-zero; the tail
+    // word is padded with 0xff so that its padding never looks like a NUL.
+    let mut mix = |w: u64| {
+        nul |= w.wrapping_sub(LOW) & !w & (LOW << 7);
+        h ^= w;
         h = h.wrapping_mul(0x0100_0000_01b3);
+        h ^= h >> 29;
+    };
+    let mut words = name.chunks_exact(8);
+    for w in &mut words {
+        mix(word_of(w));
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        mix(word_of(tail) | (!0u64 << (8 * tail.len())));
     }
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
-    h
+    (h, nul != 0)
 }
 
-pub(crate) fn validate_name(name: &str) -> Result<()> {
-    if name.contains('\0') {
+/// Up to 8 bytes as a little-endian word, zero-padded (no library call for short copies).
+#[inline]
+fn word_of(bytes: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(bytes) {
+        Ok(w) => u64::from_le_bytes(w),
+        Err(_) => bytes.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
+    }
+}
+
+/// The directory hash of a stored name.
+pub(crate) fn hash(name: &[u8]) -> u64 {
+    fnv(name).0
+}
+
+/// The hash of block name `name`, which is checked to be a valid name on the way: 1 to
+/// [`MAX_NAME_LEN`] bytes without a NUL, else `InvalidName`.
+pub(crate) fn checked_hash(name: &str) -> Result<u64> {
+    let (h, nul) = fnv(name.as_bytes());
+    if nul {
         return Err(Error::InvalidName {
             name: name.chars().take(64).collect(),
             reason: "block names cannot contain a NUL byte".into(),
@@ -50,15 +84,17 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
             ),
         });
     }
-    Ok(())
+    Ok(h)
 }
 
+#[inline]
 fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
     let g = r.geometry();
     g.buckets_offset + (h & (g.bucket_count - 1)) * 8
 }
 
 /// The version stripe of the chain that names hashing to `h` live in.
+#[inline]
 fn stripe_of<M: Mem + ?Sized>(r: &M, h: u64) -> usize {
     (h & (r.geometry().bucket_count - 1)) as usize
 }
@@ -88,6 +124,7 @@ impl State {
 }
 
 /// Checks that `e` can be a directory slot: an aligned offset inside the heap with room for it.
+#[inline]
 pub(crate) fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
     let g = r.geometry();
     if e < g.heap_offset + 16 || e % l::ALIGN != 0 || e > g.sentinel().saturating_sub(ENTRY_SIZE) {
@@ -113,6 +150,7 @@ struct Chain<'m, M: Mem + ?Sized> {
 }
 
 impl<'m, M: Mem + ?Sized> Chain<'m, M> {
+    #[inline]
     fn new(r: &'m M, bucket: u64) -> Result<Self> {
         Ok(Chain {
             r,
@@ -123,6 +161,7 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
         })
     }
 
+    #[inline]
     fn step(&mut self) -> Result<Option<u64>> {
         if self.next == 0 {
             return Ok(None);
@@ -144,19 +183,24 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
     }
 }
 
+#[inline]
 fn name_matches<M: Mem + ?Sized>(r: &M, entry: u64, name: &[u8]) -> Result<bool> {
     if r.load(entry + l::E_NAME_LEN)? != name.len() as u64 {
         return Ok(false);
     }
     let block = r.load(entry + l::E_BLOCK)?;
-    // In pieces: most names are short, and a mismatch usually shows in the first piece.
-    let mut stored = [0u8; 64];
-    for (i, piece) in name.chunks(stored.len()).enumerate() {
+    // Word by word (a name starts its 16-aligned block, whose data begins past the name's last
+    // word, so whole-word reads stay inside the block); a mismatch usually shows in the first.
+    for (i, piece) in name.chunks(8).enumerate() {
         let at = block
-            .checked_add(i as u64 * 64)
+            .checked_add(i as u64 * 8)
             .ok_or_else(|| outside(block))?;
-        r.read_bytes(at, &mut stored[..piece.len()])?;
-        if &stored[..piece.len()] != piece {
+        let stored = u64::from_le_bytes(r.load(at)?.to_ne_bytes());
+        let mask = match piece.len() {
+            8 => !0,
+            n => (1u64 << (8 * n)) - 1,
+        };
+        if stored & mask != word_of(piece) {
             return Ok(false);
         }
     }
@@ -167,6 +211,7 @@ fn outside(block: u64) -> Error {
     Error::Corrupted(format!("a name at offset {block} runs past the arena"))
 }
 
+#[inline]
 pub(crate) fn state<M: Mem + ?Sized>(r: &M, e: u64) -> Result<State> {
     Ok(State(r.load(e + l::E_STATE)?))
 }
@@ -282,6 +327,7 @@ pub(crate) fn still_missing(r: &Region, h: u64, version: u64) -> bool {
 /// Adds one reference to entry `e` if its state is still `seen` (same generation, live):
 /// `Ok(false)` when it changed (the caller looks again). Lock-free: a compare-and-swap that
 /// never revives an entry without references.
+#[inline]
 pub(crate) fn take_reference(r: &Region, e: u64, seen: State) -> Result<bool> {
     if !seen.live() {
         return Ok(false);
@@ -347,6 +393,7 @@ pub(crate) fn drop_reference(r: &Region, e: u64, generation: u32) -> Result<bool
 
 /// The data offset and size of entry `e`, checked to lie inside the heap and to be aligned
 /// to `align`, so that a block handed to the user is memory this arena owns.
+#[inline]
 pub(crate) fn data_of<M: Mem + ?Sized>(r: &M, e: u64, align: u64) -> Result<(u64, u64)> {
     let (data, size) = (r.load(e + l::E_DATA)?, r.load(e + l::E_SIZE)?);
     let block = r.load(e + l::E_BLOCK)?;
@@ -441,8 +488,8 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
     // Logged: on a rollback this word is the free list's link again.
     tx.set(slot + l::E_NEXT, tx.get(bucket)?)?;
     tx.set(bucket, slot)?;
-    tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS)?.wrapping_add(1))?;
-    tx.set(l::REQUESTED, tx.get(l::REQUESTED)?.wrapping_add(bytes))?;
+    tx.count(Counter::LiveBlocks, 1);
+    tx.count(Counter::Requested, bytes);
     tx.publish_at_commit(slot + l::E_STATE);
     Ok(slot)
 }
@@ -472,11 +519,8 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
     }
     tx.touch(stripe_of(&r, h))?;
     tx.set(link, r.load(e + l::E_NEXT)?)?;
-    tx.set(l::LIVE_BLOCKS, tx.get(l::LIVE_BLOCKS)?.wrapping_sub(1))?;
-    tx.set(
-        l::REQUESTED,
-        tx.get(l::REQUESTED)?.wrapping_sub(r.load(e + l::E_SIZE)?),
-    )?;
+    tx.count(Counter::LiveBlocks, 1u64.wrapping_neg());
+    tx.count(Counter::Requested, r.load(e + l::E_SIZE)?.wrapping_neg());
     if recycle::park(tx, e)? {
         return Ok(());
     }
@@ -557,6 +601,34 @@ pub(crate) fn entries_partial<M: Mem + ?Sized>(
         Ok(more) => (out, more, None),
         Err(e) => (out, false, Some(e)),
     }
+}
+
+/// The entries on the chains and the sum of their sizes, walked (bounded; `Corrupted` on
+/// damage): what `LIVE_BLOCKS` and `REQUESTED` must say.
+fn count_entries<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
+    let g = *r.geometry();
+    let (mut seen, mut requested) = (0u64, 0u64);
+    for i in 0..g.bucket_count {
+        let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
+        while let Some(e) = chain.step()? {
+            seen += 1;
+            if seen > g.max_blocks() {
+                return Err(Error::Corrupted(
+                    "the directory holds more entries than the heap could".into(),
+                ));
+            }
+            requested = requested.wrapping_add(r.load(e + l::E_SIZE)?);
+        }
+    }
+    Ok((seen, requested))
+}
+
+/// After a recovery (under the lock): sets `LIVE_BLOCKS` and `REQUESTED`, which updates change
+/// outside the undo log, to what the directory holds. O(buckets + entries).
+pub(crate) fn recount(r: &Region) -> Result<()> {
+    let (live, requested) = count_entries(r)?;
+    r.store(l::LIVE_BLOCKS, live)?;
+    r.store(l::REQUESTED, requested)
 }
 
 /// Checks that every entry is inside the heap, in the right bucket, and counted.

@@ -23,6 +23,7 @@ fn damaged(what: String) -> Error {
 }
 
 /// Checks that `b` can be the header of a block: inside the heap, before the sentinel, aligned.
+#[inline]
 fn check_block<M: Mem + ?Sized>(r: &M, b: u64) -> Result<u64> {
     let g = r.geometry();
     if b < g.heap_offset || b >= g.sentinel() || b % ALIGN != 0 {
@@ -241,13 +242,24 @@ pub(crate) fn payload_for(size: u64) -> Result<u64> {
 
 /// The payload size of the block in use whose payload starts at `payload`; `Corrupted` if
 /// that is not a block in use.
+#[inline]
 pub(crate) fn payload_size<M: Mem + ?Sized>(r: &M, payload: u64) -> Result<u64> {
     let b = check_block(r, payload.wrapping_sub(HDR))?;
-    next_phys(r, b)?;
-    if flags(r, b)? & FREE != 0 {
+    // One read of the size word (every parked reuse checks its block this way).
+    let word = r.load(b + 8)?;
+    let size = word & !FLAGS;
+    if b.checked_add(HDR)
+        .and_then(|x| x.checked_add(size))
+        .is_none_or(|n| n > r.geometry().sentinel())
+    {
+        return Err(damaged(format!(
+            "block {b} of {size} bytes runs past the heap's end"
+        )));
+    }
+    if word & FREE != 0 {
         return Err(damaged(format!("block at offset {b} is free, not in use")));
     }
-    size_of_block(r, b)
+    Ok(size)
 }
 
 /// `OutOfSpace` (with the heap's figures as they are now) unless a block of `size` payload

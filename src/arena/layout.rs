@@ -16,7 +16,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -179,6 +179,7 @@ pub const SL_BITMAP: u64 = off!(meta.sl_bitmap);
 pub const HEADS: u64 = off!(meta.heads);
 pub const UNDO_LEN: u64 = off!(undo_len);
 pub const UNDO_ENTRIES: u64 = off!(undo);
+const _: () = assert!(UNDO_ENTRIES % 8 == 0 && UNDO_ENTRIES + UNDO_CAPACITY * 16 <= HEADER_SIZE);
 pub const ATTACHERS: u64 = off!(attachers);
 /// `header_size` and `unlink_policy` share words with neighbours; read them as u32.
 pub const HEADER_SIZE_OFF: u64 = off!(header_size);
@@ -312,6 +313,7 @@ impl Geometry {
     }
 
     /// Whether an update may change the word at `off`.
+    #[inline]
     pub(crate) fn writable(&self, off: u64) -> bool {
         let within =
             |start: u64, end: u64| off >= start && off.checked_add(8).is_some_and(|e| e <= end);

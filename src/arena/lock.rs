@@ -13,7 +13,8 @@ use std::time::Duration;
 use nix::libc;
 
 use super::layout as l;
-use super::region::Tx;
+use super::region::{Region, Tx};
+use super::{directory, recycle};
 use super::{Arena, UserLock};
 use crate::error::{Error, Result};
 
@@ -222,6 +223,21 @@ pub(crate) unsafe fn force_unlock(
     }
 }
 
+/// Repairs what a process that died holding the arena lock left (the caller holds the lock
+/// now): rolls its update back, recounts the figures updates keep outside the undo log (it may
+/// have died after its commit point but before storing them), and makes every version stripe
+/// even again. Returns the words rolled back; `Corrupted` when the log or the directory fails
+/// its checks.
+pub(crate) fn recover(r: &Region) -> Result<u64> {
+    let rolled_back = r.roll_back().and_then(|words| {
+        directory::recount(r)?;
+        recycle::recount(r)?;
+        Ok(words)
+    });
+    r.settle_version();
+    rolled_back
+}
+
 impl Arena {
     pub(super) fn mutex(&self, off: u64) -> *mut libc::pthread_mutex_t {
         assert!(off + l::MUTEX_SLOT as u64 <= l::HEADER_SIZE);
@@ -251,19 +267,18 @@ impl Arena {
             )
         };
         if guard.previous_owner_died() {
-            let rolled_back = r.roll_back();
-            // The lock itself is made usable again either way; a log that fails its checks is
-            // damage, recorded so that every later locker gets the same error instead of
-            // working on bad metadata.
-            if rolled_back.is_err() {
+            let recovered = recover(&r);
+            // The lock itself is made usable again either way; a log or a directory that fails
+            // its checks is damage, recorded so that every later locker gets the same error
+            // instead of working on bad metadata.
+            if recovered.is_err() {
                 r.word32(l::DAMAGED)
                     .store(1, std::sync::atomic::Ordering::Release);
             } else {
                 r.store(l::RECOVERIES, r.header(l::RECOVERIES).wrapping_add(1))?;
             }
-            r.settle_version();
             guard.make_consistent();
-            rolled_back?;
+            recovered?;
         }
         if r.word32(l::DAMAGED)
             .load(std::sync::atomic::Ordering::Acquire)

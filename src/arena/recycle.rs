@@ -1,8 +1,8 @@
 //! Parked blocks: when a small named block is removed, its directory slot keeps its heap block
 //! and waits on a list of its size class for the next name of that size. Taking a parked pair
-//! back changes about 7 logged words where carving a new one from the heap changes about 20, and
-//! removing a name parks it with 6 instead of the ~20 of freeing and merging — the undo log is
-//! most of a named allocation's cost.
+//! back logs 4 words where carving a new one from the heap logs about 20, and removing a name
+//! parks it with 3 instead of the ~20 of freeing and merging — the undo log is most of a named
+//! allocation's cost.
 //!
 //! Parked blocks stay "in use" for the heap (its `used` counts them); [`Stats`] reports them as
 //! free. They are given back to the heap (and merged with their neighbours) when an allocation
@@ -19,15 +19,17 @@
 use super::directory;
 use super::heap::{self, BLOCK_HEADER};
 use super::layout::{self as l, PARK_CLASSES};
-use super::region::{Mem, Tx};
+use super::region::{Counter, Mem, Region, Tx};
 use crate::error::{Error, Result};
 
 /// The class of a block with `payload` bytes (a multiple of 16), if it is small enough.
+#[inline]
 fn class_of(payload: u64) -> Option<usize> {
     let class = (payload / l::ALIGN).checked_sub(1)? as usize;
     (payload % l::ALIGN == 0 && class < PARK_CLASSES).then_some(class)
 }
 
+#[inline]
 fn head(class: usize) -> u64 {
     l::PARKED + class as u64 * 8
 }
@@ -42,11 +44,7 @@ pub(crate) fn park(tx: &mut Tx, e: u64) -> Result<bool> {
     };
     tx.set(e + l::E_NEXT, tx.get(head(class))?)?;
     tx.set(head(class), e)?;
-    tx.set(
-        l::PARKED_BYTES,
-        tx.get(l::PARKED_BYTES)?
-            .wrapping_add(payload + BLOCK_HEADER),
-    )?;
+    tx.count(Counter::ParkedBytes, payload + BLOCK_HEADER);
     Ok(true)
 }
 
@@ -68,15 +66,13 @@ fn pop(tx: &mut Tx, class: usize) -> Result<Option<(u64, u64)>> {
     }
     let (block, size) = check_parked(&r, e, class)?;
     tx.set(head(class), r.load(e + l::E_NEXT)?)?;
-    tx.set(
-        l::PARKED_BYTES,
-        tx.get(l::PARKED_BYTES)?.wrapping_sub(size + BLOCK_HEADER),
-    )?;
+    tx.count(Counter::ParkedBytes, (size + BLOCK_HEADER).wrapping_neg());
     Ok(Some((e, block)))
 }
 
 /// Checks that `e`, found on the list of `class`, is a slot without references whose block is
 /// in use and of that class; returns the block and its payload size.
+#[inline]
 fn check_parked<M: Mem + ?Sized>(r: &M, e: u64, class: usize) -> Result<(u64, u64)> {
     let e = directory::check_entry(r, e)?;
     let block = r.load(e + l::E_BLOCK)?;
@@ -114,9 +110,9 @@ pub(crate) fn any<M: Mem + ?Sized>(r: &M) -> Result<bool> {
     Ok(r.load(l::PARKED_BYTES)? != 0)
 }
 
-/// Checks every list (bounded: no more slots than the heap could hold) and that they hold
-/// `parked_bytes`; returns the parked blocks and their bytes, headers included.
-pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
+/// The parked blocks and their heap bytes, headers included, walked (bounded: no more slots
+/// than the heap could hold; `Corrupted` on damage).
+pub(crate) fn count_parked<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
     let limit = r.geometry().max_blocks();
     let (mut blocks, mut bytes) = (0u64, 0u64);
     for class in 0..PARK_CLASSES {
@@ -133,6 +129,19 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
             e = r.load(e + l::E_NEXT)?;
         }
     }
+    Ok((blocks, bytes))
+}
+
+/// After a recovery (under the lock): sets `PARKED_BYTES`, which updates change outside the
+/// undo log, to what the lists hold.
+pub(crate) fn recount(r: &Region) -> Result<()> {
+    r.store(l::PARKED_BYTES, count_parked(r)?.1)
+}
+
+/// Checks every list and that they hold `parked_bytes`; returns the parked blocks and their
+/// bytes, headers included.
+pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
+    let (blocks, bytes) = count_parked(r)?;
     if bytes != r.load(l::PARKED_BYTES)? {
         return Err(Error::Corrupted(format!(
             "{blocks} parked blocks hold {bytes} bytes, the counter says {}",

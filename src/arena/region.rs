@@ -79,6 +79,7 @@ impl Region {
     }
 
     /// Address of `off`, checked to lie inside the mapping with room for `size` bytes.
+    #[inline]
     fn at(&self, off: u64, size: u64) -> Result<*mut u8> {
         if off.checked_add(size).is_none_or(|end| end > self.len) {
             return Err(outside(off, size, self.len));
@@ -87,6 +88,7 @@ impl Region {
         Ok(unsafe { self.base.as_ptr().add(off as usize) })
     }
 
+    #[inline]
     fn word(&self, off: u64) -> Result<&AtomicU64> {
         if off % 8 != 0 {
             return Err(Error::Corrupted(format!(
@@ -114,6 +116,7 @@ impl Region {
 
     /// The 8-byte header word at `off` (one of layout.rs's constants, inside the header that
     /// every Region has), for atomic read-modify-write.
+    #[inline]
     pub(crate) fn header_word(&self, off: u64) -> &AtomicU64 {
         assert!(
             off % 8 == 0 && off + 8 <= l::HEADER_SIZE,
@@ -124,7 +127,21 @@ impl Region {
         unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
     }
 
+    /// Undo log entry `i` (below `UNDO_CAPACITY`): its offset and old-value words.
+    #[inline]
+    fn undo_entry(&self, i: u64) -> [&AtomicU64; 2] {
+        assert!(i < UNDO_CAPACITY, "undo log entry {i}");
+        let entry = l::UNDO_ENTRIES + i * 16;
+        // SAFETY: the log lies inside the header, which every Region has (see `new`); entries
+        // are 8-aligned (the header is repr(C) of u64 arrays); atomic access to shared memory.
+        unsafe {
+            let p = self.base.as_ptr().add(entry as usize) as *const AtomicU64;
+            [&*p, &*p.add(1)]
+        }
+    }
+
     /// The directory version of `stripe` (see `Header::dir_versions`).
+    #[inline]
     pub(crate) fn version(&self, stripe: usize) -> &AtomicU64 {
         self.header_word(l::DIR_VERSIONS + (stripe % l::VERSION_STRIPES) as u64 * 8)
     }
@@ -142,6 +159,7 @@ impl Region {
 
     /// A word inside the heap (a slot's state), for compare-and-swap by lock-free operations;
     /// `Corrupted` outside the heap or unaligned.
+    #[inline]
     pub(crate) fn heap_word(&self, off: u64) -> Result<&AtomicU64> {
         let g = &self.geo;
         if off < g.heap_offset || off.checked_add(8).is_none_or(|e| e > g.heap_end) {
@@ -169,6 +187,7 @@ impl Region {
 
     /// A store that is not logged: for fields written before anyone else can see them (fresh
     /// blocks, header initialisation) or whose change never needs undoing (high-water marks).
+    #[inline]
     pub(crate) fn store(&self, off: u64, value: u64) -> Result<()> {
         self.word(off)?.store(value, Ordering::Release);
         Ok(())
@@ -201,6 +220,7 @@ impl Region {
     }
 
     /// Whether an update may change the word at `off`: heap metadata, directory or heap.
+    #[inline]
     pub(crate) fn writable(&self, off: u64) -> bool {
         off % 8 == 0 && self.geo.writable(off)
     }
@@ -251,6 +271,7 @@ impl Mem for Region {
         Ok(())
     }
 
+    #[inline]
     fn load(&self, off: u64) -> Result<u64> {
         Ok(self.word(off)?.load(Ordering::Acquire))
     }
@@ -268,11 +289,42 @@ impl Mem for Region {
     }
 }
 
+/// Figures that updates keep up to date outside the undo log: a recovery recounts them from
+/// the directory and the park lists instead (see `lock::recover`), so that the common update
+/// logs only the links it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    /// Entries on the directory's chains.
+    LiveBlocks,
+    /// Sum of their sizes.
+    Requested,
+    /// Heap bytes of the parked blocks.
+    ParkedBytes,
+}
+
+impl Counter {
+    const ALL: [Counter; 3] = [
+        Counter::LiveBlocks,
+        Counter::Requested,
+        Counter::ParkedBytes,
+    ];
+
+    fn offset(self) -> u64 {
+        match self {
+            Counter::LiveBlocks => l::LIVE_BLOCKS,
+            Counter::Requested => l::REQUESTED,
+            Counter::ParkedBytes => l::PARKED_BYTES,
+        }
+    }
+}
+
 /// One metadata update under the arena lock. Every [`Tx::set`] is logged first; [`Tx::commit`]
 /// clears the log. Dropping a Tx without committing rolls it back (an error path inside an update).
 pub(crate) struct Tx<'r> {
     region: &'r Region,
     len: u64,
+    /// What this update adds to each [`Counter`] (wrapping), applied at commit.
+    deltas: [u64; 3],
     /// Version stripes this update made odd (the chains it changes), made even at its end.
     touched: [usize; 4],
     touched_len: usize,
@@ -289,6 +341,7 @@ impl<'r> Tx<'r> {
         Tx {
             region,
             len: 0,
+            deltas: [0; 3],
             touched: [0; 4],
             touched_len: 0,
             publish: None,
@@ -301,18 +354,17 @@ impl<'r> Tx<'r> {
         self.region
     }
 
+    #[inline]
     pub(crate) fn get(&self, off: u64) -> Result<u64> {
         self.region.load(off)
     }
 
     /// Logs the old value of the word at `off`, then writes `value`. Refuses words no update
     /// may change (damaged metadata pointing at the locks or the header).
+    #[inline]
     pub(crate) fn set(&mut self, off: u64, value: u64) -> Result<()> {
-        if !self.region.writable(off) {
-            return Err(Error::Corrupted(format!(
-                "an update would write offset {off}, outside the heap metadata, directory and \
-                 heap"
-            )));
+        if !self.region.writable(off) || self.len >= UNDO_CAPACITY {
+            return Err(self.refusal(off));
         }
         // Logged even when unchanged: the caller may overwrite the word later without logging
         // (fresh block payloads), and a rollback must still put this value back.
@@ -322,16 +374,9 @@ impl<'r> Tx<'r> {
         if self.limit.is_some_and(|l| self.len >= l) {
             return Err(Error::Corrupted("test: simulated crash".into()));
         }
-        if self.len == UNDO_CAPACITY {
-            return Err(Error::Corrupted(format!(
-                "internal: one update changed more than {UNDO_CAPACITY} metadata words"
-            )));
-        }
-        let entry = l::UNDO_ENTRIES + self.len * 16;
-        self.region.header_word(entry).store(off, Ordering::Release);
-        self.region
-            .header_word(entry + 8)
-            .store(old, Ordering::Release);
+        let [log_off, log_old] = self.region.undo_entry(self.len);
+        log_off.store(off, Ordering::Release);
+        log_old.store(old, Ordering::Release);
         self.len += 1;
         // Release stores keep program order: entry, then length, then the word itself, so a
         // process killed between any two of them leaves a log that undoes exactly what happened.
@@ -340,6 +385,27 @@ impl<'r> Tx<'r> {
             .store(self.len, Ordering::Release);
         word.store(value, Ordering::Release);
         Ok(())
+    }
+
+    #[cold]
+    fn refusal(&self, off: u64) -> Error {
+        if self.len >= UNDO_CAPACITY {
+            Error::Corrupted(format!(
+                "internal: one update changed more than {UNDO_CAPACITY} metadata words"
+            ))
+        } else {
+            Error::Corrupted(format!(
+                "an update would write offset {off}, outside the heap metadata, directory and \
+                 heap"
+            ))
+        }
+    }
+
+    /// Adds `delta` (wrapping: subtract with `wrapping_neg`) to `counter` when the update
+    /// commits; nothing if it is rolled back.
+    pub(crate) fn count(&mut self, counter: Counter, delta: u64) {
+        let d = &mut self.deltas[counter as usize];
+        *d = d.wrapping_add(delta);
     }
 
     /// Marks the chains of version `stripe` as being changed, before the first change to them:
@@ -372,6 +438,18 @@ impl<'r> Tx<'r> {
     pub(crate) fn commit(mut self) {
         let _ = self.region.store(l::UNDO_LEN, 0);
         self.len = 0;
+        // After the commit point: a process killed before these stores leaves stale counters,
+        // which the recovery that its death triggers recounts.
+        for counter in Counter::ALL {
+            let delta = self.deltas[counter as usize];
+            if delta != 0 {
+                let word = self.region.header_word(counter.offset());
+                word.store(
+                    word.load(Ordering::Acquire).wrapping_add(delta),
+                    Ordering::Release,
+                );
+            }
+        }
         if let Some(off) = self.publish.take() {
             if let Ok(state) = self.region.heap_word(off) {
                 state.fetch_and(!crate::arena::directory::PENDING, Ordering::AcqRel);
