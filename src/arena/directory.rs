@@ -22,8 +22,7 @@ use crate::error::{Error, Result};
 pub const MAX_NAME_LEN: usize = 255;
 
 /// FNV-1a over 8-byte words with a final avalanche, so that names differing only in a
-/// trailing counter spread.
-/// Also tells whether `name` holds a NUL byte (the same pass: names are hashed on every call).
+/// trailing counter spread; also tells whether `name` holds a NUL byte.
 fn fnv(name: &[u8]) -> (u64, bool) {
     const LOW: u64 = 0x0101_0101_0101_0101;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ name.len() as u64;
@@ -575,51 +574,57 @@ pub(crate) fn entries_partial<M: Mem + ?Sized>(
     r: &M,
     limit: u64,
 ) -> (Vec<EntryInfo>, bool, Option<Error>) {
-    let g = *r.geometry();
     let live = r.load(l::LIVE_BLOCKS).unwrap_or(0);
-    let mut out = Vec::with_capacity(live.min(limit).min(g.max_blocks()).min(1 << 20) as usize);
-    let mut total = 0;
-    let mut walk = || -> Result<bool> {
-        for i in 0..g.bucket_count {
-            let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
-            while let Some(e) = chain.step()? {
-                total += 1;
-                if total > g.max_blocks() {
-                    return Err(Error::Corrupted(
-                        "the directory holds more entries than the heap could".into(),
-                    ));
-                }
-                if out.len() as u64 >= limit {
-                    return Ok(true);
-                }
-                out.push(read_entry(r, e)?);
-            }
+    let cap = live.min(limit).min(r.geometry().max_blocks()).min(1 << 20);
+    let mut out = Vec::with_capacity(cap as usize);
+    let walked = each_entry(r, |_, e| {
+        if out.len() as u64 >= limit {
+            return Ok(false);
         }
-        Ok(false)
-    };
-    match walk() {
+        out.push(read_entry(r, e)?);
+        Ok(true)
+    });
+    match walked {
         Ok(more) => (out, more, None),
         Err(e) => (out, false, Some(e)),
     }
 }
 
-/// The entries on the chains and the sum of their sizes, walked (bounded; `Corrupted` on
-/// damage): what `LIVE_BLOCKS` and `REQUESTED` must say.
-fn count_entries<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
+/// The one walk of the whole directory: calls `visit(bucket index, entry)` for every entry on
+/// the chains, in bucket order, until it returns false. Bounded: `Corrupted` on a bad link, a
+/// cycle, or more entries than the heap could hold. True when `visit` stopped the walk.
+fn each_entry<M: Mem + ?Sized>(
+    r: &M,
+    mut visit: impl FnMut(u64, u64) -> Result<bool>,
+) -> Result<bool> {
     let g = *r.geometry();
-    let (mut seen, mut requested) = (0u64, 0u64);
+    let mut total = 0u64;
     for i in 0..g.bucket_count {
         let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
         while let Some(e) = chain.step()? {
-            seen += 1;
-            if seen > g.max_blocks() {
+            total += 1;
+            if total > g.max_blocks() {
                 return Err(Error::Corrupted(
                     "the directory holds more entries than the heap could".into(),
                 ));
             }
-            requested = requested.wrapping_add(r.load(e + l::E_SIZE)?);
+            if !visit(i, e)? {
+                return Ok(true);
+            }
         }
     }
+    Ok(false)
+}
+
+/// The entries on the chains and the sum of their sizes: what `LIVE_BLOCKS` and `REQUESTED`
+/// must say.
+fn count_entries<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
+    let (mut seen, mut requested) = (0u64, 0u64);
+    each_entry(r, |_, e| {
+        seen += 1;
+        requested = requested.wrapping_add(r.load(e + l::E_SIZE)?);
+        Ok(true)
+    })?;
     Ok((seen, requested))
 }
 
@@ -633,32 +638,30 @@ pub(crate) fn recount(r: &Region) -> Result<()> {
 
 /// Checks that every entry is inside the heap, in the right bucket, and counted.
 pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
-    let g = *r.geometry();
+    let buckets = r.geometry().bucket_count;
     let live = r.load(l::LIVE_BLOCKS)?;
     let mut seen = 0u64;
     let mut requested = 0u64;
-    for i in 0..g.bucket_count {
-        let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
-        while let Some(e) = chain.step()? {
-            let info = read_entry(r, e)?;
-            // An entry without references is allowed: its last holder died before removing it,
-            // and the next update that meets it removes it.
-            if hash(info.name.as_bytes()) & (g.bucket_count - 1) != i {
-                return Err(Error::Corrupted(format!(
-                    "entry {:?} is misfiled",
-                    info.name
-                )));
-            }
-            data_of(r, e, l::ALIGN)?;
-            seen += 1;
-            requested = requested.wrapping_add(info.size);
-            if seen > live {
-                return Err(Error::Corrupted(format!(
-                    "more entries than the {live} counted"
-                )));
-            }
+    each_entry(r, |i, e| {
+        let info = read_entry(r, e)?;
+        // An entry without references is allowed: its last holder died before removing it,
+        // and the next update that meets it removes it.
+        if hash(info.name.as_bytes()) & (buckets - 1) != i {
+            return Err(Error::Corrupted(format!(
+                "entry {:?} is misfiled",
+                info.name
+            )));
         }
-    }
+        data_of(r, e, l::ALIGN)?;
+        seen += 1;
+        requested = requested.wrapping_add(info.size);
+        if seen > live {
+            return Err(Error::Corrupted(format!(
+                "more entries than the {live} counted"
+            )));
+        }
+        Ok(true)
+    })?;
     if seen != live || requested != r.load(l::REQUESTED)? {
         return Err(Error::Corrupted(format!(
             "{seen} entries of {requested} bytes, counters say {live} and {}",

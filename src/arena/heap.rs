@@ -43,7 +43,12 @@ fn flags<M: Mem + ?Sized>(r: &M, b: u64) -> Result<u64> {
 }
 /// The block after `b`, checked to lie in the heap (the sentinel included).
 fn next_phys<M: Mem + ?Sized>(r: &M, b: u64) -> Result<u64> {
-    let size = size_of_block(r, b)?;
+    end_of(r, b, size_of_block(r, b)?)
+}
+
+/// The end of block `b` of `size` payload bytes, checked to lie in the heap.
+#[inline]
+fn end_of<M: Mem + ?Sized>(r: &M, b: u64, size: u64) -> Result<u64> {
     b.checked_add(HDR)
         .and_then(|x| x.checked_add(size))
         .filter(|&n| n <= r.geometry().sentinel())
@@ -248,14 +253,7 @@ pub(crate) fn payload_size<M: Mem + ?Sized>(r: &M, payload: u64) -> Result<u64> 
     // One read of the size word (every parked reuse checks its block this way).
     let word = r.load(b + 8)?;
     let size = word & !FLAGS;
-    if b.checked_add(HDR)
-        .and_then(|x| x.checked_add(size))
-        .is_none_or(|n| n > r.geometry().sentinel())
-    {
-        return Err(damaged(format!(
-            "block {b} of {size} bytes runs past the heap's end"
-        )));
-    }
+    end_of(r, b, size)?;
     if word & FREE != 0 {
         return Err(damaged(format!("block at offset {b} is free, not in use")));
     }

@@ -420,6 +420,18 @@ proptest! {
     }
 }
 
+/// Allocates `count` names `{prefix}{i}` of `size(i)` bytes and releases every `every`-th
+/// (from the first) once all exist: a heap with holes and, for the small ones, parked blocks. The rest stay
+/// referenced until the arena goes.
+fn holes(arena: &Arena, prefix: &str, count: u64, size: impl Fn(u64) -> u64, every: usize) {
+    let blocks: Vec<_> = (0..count)
+        .map(|i| arena.allocate(&format!("{prefix}{i}"), size(i)).unwrap())
+        .collect();
+    for b in blocks.into_iter().step_by(every) {
+        arena.deallocate(b).unwrap();
+    }
+}
+
 /// One metadata update, as the tests drive it.
 type Update<'a> = dyn Fn(&mut Tx) -> crate::Result<()> + 'a;
 
@@ -429,14 +441,7 @@ type Update<'a> = dyn Fn(&mut Tx) -> crate::Result<()> + 'a;
 fn rollback_undoes_an_interrupted_update_at_any_point() {
     let dir = TempDir::new();
     let arena = Arena::create("r", &dir.options(1 << 20)).unwrap();
-    let keep: Vec<_> = (0..50)
-        .map(|i| arena.allocate(&format!("k{i}"), 100 + i * 7).unwrap())
-        .collect();
-    for (i, b) in keep.iter().enumerate() {
-        if i % 3 == 0 {
-            arena.deallocate(*b).unwrap();
-        }
-    }
+    holes(&arena, "k", 50, |i| 100 + i * 7, 3);
     let r = arena.region;
     // Two entries whose last holder died before removing them: a small one (its block is
     // parked on removal) and a large one (freed to the heap).
@@ -498,12 +503,7 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
 fn a_recovery_recounts_the_unlogged_counters() {
     let dir = TempDir::new();
     let arena = Arena::create("c", &dir.options(1 << 20)).unwrap();
-    let held: Vec<_> = (0..40)
-        .map(|i| arena.allocate(&format!("n{i}"), 10 + i * 30).unwrap())
-        .collect();
-    for b in held.iter().step_by(4) {
-        arena.deallocate(*b).unwrap();
-    }
+    holes(&arena, "n", 40, |i| 10 + i * 30, 4);
     let _zombie = zombie(&arena, "z", 77);
     let stats = arena.stats().unwrap();
     let report = arena.verify().unwrap();
