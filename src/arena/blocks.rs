@@ -9,7 +9,7 @@ use super::heap::{self, HeapReport};
 use super::layout as l;
 use super::recycle;
 use super::region::Mem;
-use super::{page_size, Arena, Block, Held, HeldMap, Stats, ALL};
+use super::{page_size, Arena, Block, Held, Stats, ALL};
 use crate::error::{Error, Result};
 use std::time::Duration;
 
@@ -40,15 +40,14 @@ impl Arena {
         }
         let align = align.max(l::ALIGN);
         let key = name.as_bytes();
-        let mut held = self.held.lock();
         let r = &self.region;
         // An existing name without the lock. Anything unexpected (a size or alignment that
         // does not fit, damage, a race lost twice) is decided under the lock instead, where
         // the errors are reported.
         let mut missing = None;
         for _ in 0..4 {
-            let (entry, state) = match directory::lookup_fast(r, key, h) {
-                Fast::Hit { entry, state } => (entry, state),
+            let slot = match directory::lookup_fast(r, key, h) {
+                Fast::Hit(slot) => slot,
                 Fast::Miss { version } => {
                     missing = Some(version);
                     break;
@@ -58,14 +57,15 @@ impl Arena {
                 Fast::Busy if directory::wait_for_chain(r, h) => continue,
                 Fast::Busy => break,
             };
-            let Ok((data, size)) = directory::data_of(r, entry, align) else {
+            let Ok((data, size)) = slot.placed(r.geometry(), align) else {
                 break;
             };
             if size != bytes {
                 break;
             }
-            if directory::take_reference(r, entry, state)? {
-                return self.hand_out(&mut held, entry, state.generation(), data, size, false);
+            let state = slot.state();
+            if directory::take_reference(r, slot.at, state)? {
+                return self.hand_out(slot.at, state.generation(), data, size, false);
             }
         }
         let find_or_insert = |tx: &mut super::region::Tx| {
@@ -100,9 +100,8 @@ impl Arena {
                 let dead = directory::state(&r, e)?.generation();
                 directory::remove_dead(tx, e, dead)?;
             }
-            let e = directory::insert(tx, key, h, bytes, align)?;
-            let placed = directory::data_of(&r, e, align)?;
-            Ok((e, directory::state(&r, e)?.generation(), true, placed))
+            let (e, generation, data) = directory::insert(tx, key, h, bytes, align)?;
+            Ok((e, generation, true, (data, bytes)))
         };
         let (entry, generation, created, (data, size)) = match self.locked(find_or_insert) {
             // Parked blocks are merged back into the heap only when that may make room.
@@ -112,13 +111,14 @@ impl Arena {
             }
             other => other,
         }?;
-        self.hand_out(&mut held, entry, generation, data, size, created)
+        self.hand_out(entry, generation, data, size, created)
     }
 
-    /// Records a reference just taken and makes its Block.
+    /// Records a reference just taken and makes its Block. The reference is recorded after it
+    /// was taken and forgotten (by `deallocate_offset`) before it is dropped, so that an entry
+    /// of the map always names the generation its references belong to.
     fn hand_out(
         &self,
-        held: &mut HeldMap,
         entry: u64,
         generation: u32,
         data: u64,
@@ -126,7 +126,9 @@ impl Arena {
         created: bool,
     ) -> Result<Block<'_>> {
         let block = self.block(data, size, created)?;
-        held.entry(data)
+        self.held
+            .lock()
+            .entry(data)
             .or_insert(Held {
                 entry,
                 generation,
@@ -141,20 +143,20 @@ impl Arena {
     pub fn find(&self, name: &str) -> Result<Option<Block<'_>>> {
         let h = directory::checked_hash(name)?;
         let key = name.as_bytes();
-        let mut held = self.held.lock();
         let r = &self.region;
         for _ in 0..4 {
             match directory::lookup_fast(r, key, h) {
                 Fast::Miss { .. } => return Ok(None),
                 Fast::Busy if directory::wait_for_chain(r, h) => continue,
                 Fast::Busy => break,
-                Fast::Hit { entry, state } => {
-                    let Ok((data, size)) = directory::data_of(r, entry, l::ALIGN) else {
+                Fast::Hit(slot) => {
+                    let Ok((data, size)) = slot.placed(r.geometry(), l::ALIGN) else {
                         break;
                     };
-                    if directory::take_reference(r, entry, state)? {
+                    let state = slot.state();
+                    if directory::take_reference(r, slot.at, state)? {
                         return self
-                            .hand_out(&mut held, entry, state.generation(), data, size, false)
+                            .hand_out(slot.at, state.generation(), data, size, false)
                             .map(Some);
                     }
                 }
@@ -171,7 +173,7 @@ impl Arena {
         let Some((entry, generation, (data, size))) = found else {
             return Ok(None);
         };
-        self.hand_out(&mut held, entry, generation, data, size, false)
+        self.hand_out(entry, generation, data, size, false)
             .map(Some)
     }
 
@@ -222,28 +224,33 @@ impl Arena {
     }
 
     pub(super) fn deallocate_offset(&self, data: u64) -> Result<()> {
-        let mut held = self.held.lock();
-        let Some(&mine) = held.get(&data) else {
-            return Err(Error::NotHeld {
-                what: format!("the block at offset {data}"),
-                detail: "this process holds no reference to it (released already, or never \
-                         allocated here); each allocate or find is released exactly once"
-                    .into(),
-            });
+        // Forgotten here before it is dropped below (see `hand_out`): once the shared count
+        // falls, another thread may make the name anew at this very offset.
+        let mine = {
+            let mut held = self.held.lock();
+            let Some(&mine) = held.get(&data) else {
+                return Err(Error::NotHeld {
+                    what: format!("the block at offset {data}"),
+                    detail: "this process holds no reference to it (released already, or \
+                             never allocated here); each allocate or find is released exactly \
+                             once"
+                        .into(),
+                });
+            };
+            if self.region.load(mine.entry + l::E_DATA)? != data {
+                return Err(Error::Corrupted(format!(
+                    "the entry of the block at offset {data} changed while this process held it"
+                )));
+            }
+            if mine.count <= 1 {
+                held.remove(&data);
+            } else if let Some(h) = held.get_mut(&data) {
+                h.count -= 1;
+            }
+            mine
         };
-        if self.region.load(mine.entry + l::E_DATA)? != data {
-            return Err(Error::Corrupted(format!(
-                "the entry of the block at offset {data} changed while this process held it"
-            )));
-        }
         // Lock-free unless this was the last reference anywhere.
-        let last = directory::drop_reference(&self.region, mine.entry, mine.generation)?;
-        if mine.count <= 1 {
-            held.remove(&data);
-        } else if let Some(h) = held.get_mut(&data) {
-            h.count -= 1;
-        }
-        if last {
+        if directory::drop_reference(&self.region, mine.entry, mine.generation)? {
             // If this fails (or the process dies first), the entry stays without references
             // until the next update that meets it removes it.
             self.locked(|tx| directory::remove_dead(tx, mine.entry, mine.generation))?;

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::arena::layout::{self as l, round_up, ENTRY_SIZE};
+use crate::arena::layout::{self as l, round_up, Geometry, ENTRY_SIZE};
 use crate::arena::region::{Counter, Mem, Region, Tx};
 use crate::arena::{heap, recycle};
 use crate::error::{Error, Result};
@@ -135,6 +135,76 @@ pub(crate) fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
     Ok(e)
 }
 
+/// A directory slot's eight words, read at once with one bounds check ([`read_slot`]). A
+/// copy: a lock-free reader validates what it read by the chain's version stripe and by the
+/// state word's compare-and-swap, exactly as it would single loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// The slot's offset (checked by [`check_entry`]).
+    pub(crate) at: u64,
+    words: [u64; WORDS],
+}
+
+const WORDS: usize = (ENTRY_SIZE / 8) as usize;
+
+impl Slot {
+    #[inline]
+    fn word(&self, field: u64) -> u64 {
+        self.words[(field / 8) as usize]
+    }
+    #[inline]
+    pub(crate) fn next(&self) -> u64 {
+        self.word(l::E_NEXT)
+    }
+    #[inline]
+    pub(crate) fn hash(&self) -> u64 {
+        self.word(l::E_HASH)
+    }
+    #[inline]
+    pub(crate) fn state(&self) -> State {
+        State(self.word(l::E_STATE))
+    }
+    #[inline]
+    pub(crate) fn size(&self) -> u64 {
+        self.word(l::E_SIZE)
+    }
+    /// Payload offset of the heap block holding the name and the data.
+    #[inline]
+    pub(crate) fn block(&self) -> u64 {
+        self.word(l::E_BLOCK)
+    }
+
+    /// The data offset and size, checked to lie inside the heap and to be aligned to `align`,
+    /// so that a block handed to the user is memory this arena owns.
+    #[inline]
+    pub(crate) fn placed(&self, g: &Geometry, align: u64) -> Result<(u64, u64)> {
+        let (data, size) = (self.word(l::E_DATA), self.size());
+        let block = self.block();
+        let end = data.checked_add(size);
+        if data < block
+            || block < g.heap_offset
+            || data % align != 0
+            || size == 0
+            || end.is_none_or(|end| end > g.sentinel())
+        {
+            return Err(Error::Corrupted(format!(
+                "entry at {} describes {size} bytes at offset {data}, not a block of its heap",
+                self.at
+            )));
+        }
+        Ok((data, size))
+    }
+}
+
+/// Slot `e` (checked by [`check_entry`]), all its words.
+#[inline]
+pub(crate) fn read_slot<M: Mem + ?Sized>(r: &M, e: u64) -> Result<Slot> {
+    let at = check_entry(r, e)?;
+    let mut words = [0u64; WORDS];
+    r.words(at, &mut words)?;
+    Ok(Slot { at, words })
+}
+
 /// Follows a bucket chain one step at a time, refusing links outside the heap and chains
 /// longer than the heap could hold (a cycle in damaged metadata).
 /// Cycles are found within about twice the chain's length (Brent's algorithm), so a damaged
@@ -161,7 +231,7 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
     }
 
     #[inline]
-    fn step(&mut self) -> Result<Option<u64>> {
+    fn step(&mut self) -> Result<Option<Slot>> {
         if self.next == 0 {
             return Ok(None);
         }
@@ -176,18 +246,18 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
             self.mark = self.next;
             self.power *= 2;
         }
-        let e = check_entry(self.r, self.next)?;
-        self.next = self.r.load(e + l::E_NEXT)?;
-        Ok(Some(e))
+        let slot = read_slot(self.r, self.next)?;
+        self.next = slot.next();
+        Ok(Some(slot))
     }
 }
 
 #[inline]
-fn name_matches<M: Mem + ?Sized>(r: &M, entry: u64, name: &[u8]) -> Result<bool> {
-    if r.load(entry + l::E_NAME_LEN)? != name.len() as u64 {
+fn name_matches<M: Mem + ?Sized>(r: &M, slot: &Slot, name: &[u8]) -> Result<bool> {
+    if slot.word(l::E_NAME_LEN) != name.len() as u64 {
         return Ok(false);
     }
-    let block = r.load(entry + l::E_BLOCK)?;
+    let block = slot.block();
     // Word by word (a name starts its 16-aligned block, whose data begins past the name's last
     // word, so whole-word reads stay inside the block); a mismatch usually shows in the first.
     for (i, piece) in name.chunks(8).enumerate() {
@@ -226,10 +296,11 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
     for _ in 0..=r.geometry().max_blocks() {
         let mut chain = Chain::new(&r, bucket_of(&r, h))?;
         let mut zombie = None;
-        while let Some(e) = chain.step()? {
-            if r.load(e + l::E_HASH)? != h || !name_matches(&r, e, name)? {
+        while let Some(slot) = chain.step()? {
+            if slot.hash() != h || !name_matches(&r, &slot, name)? {
                 continue;
             }
+            let e = slot.at;
             let s = state(&r, e)?;
             if s.refs() == 0 {
                 zombie = Some((e, s.generation()));
@@ -252,8 +323,8 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
 /// What a lock-free lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fast {
-    /// A live entry named so (checked again by the reference's compare-and-swap).
-    Hit { entry: u64, state: State },
+    /// A live entry named so (checked again by the reference's compare-and-swap), as read.
+    Hit(Slot),
     /// No such name, and no update of its chain ran meanwhile: `version` is what the chain's
     /// version stripe read (see [`still_missing`]).
     Miss { version: u64 },
@@ -275,16 +346,15 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     // Ok(None) with `dead`: an entry of this name without references, or one whose update a
     // dead process committed but did not publish: only the lock can tell what to do with it.
     let mut dead = false;
-    let mut walk = || -> Result<Option<(u64, State)>> {
+    let mut walk = || -> Result<Option<Slot>> {
         let mut chain = Chain::new(r, bucket_of(r, h))?;
-        while let Some(e) = chain.step()? {
-            if r.load(e + l::E_HASH)? != h {
+        while let Some(slot) = chain.step()? {
+            if slot.hash() != h {
                 continue;
             }
-            let s = state(r, e)?;
-            if name_matches(r, e, name)? {
-                if s.live() {
-                    return Ok(Some((e, s)));
+            if name_matches(r, &slot, name)? {
+                if slot.state().live() {
+                    return Ok(Some(slot));
                 }
                 dead = true;
             }
@@ -292,11 +362,13 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
         Ok(None)
     };
     let found = walk();
+    // The walk's loads may not move past the second read of the version (a seqlock reader).
+    std::sync::atomic::fence(Ordering::Acquire);
     if version.load(Ordering::Acquire) != before {
         return Fast::Busy;
     }
     match found {
-        Ok(Some((entry, state))) => Fast::Hit { entry, state },
+        Ok(Some(slot)) => Fast::Hit(slot),
         Ok(None) if !dead => Fast::Miss { version: before },
         _ => Fast::Busy,
     }
@@ -390,24 +462,10 @@ pub(crate) fn drop_reference(r: &Region, e: u64, generation: u32) -> Result<bool
     )))
 }
 
-/// The data offset and size of entry `e`, checked to lie inside the heap and to be aligned
-/// to `align`, so that a block handed to the user is memory this arena owns.
+/// The data offset and size of entry `e`, checked as [`Slot::placed`] does.
 #[inline]
 pub(crate) fn data_of<M: Mem + ?Sized>(r: &M, e: u64, align: u64) -> Result<(u64, u64)> {
-    let (data, size) = (r.load(e + l::E_DATA)?, r.load(e + l::E_SIZE)?);
-    let block = r.load(e + l::E_BLOCK)?;
-    let end = data.checked_add(size);
-    if data < block
-        || block < r.geometry().heap_offset
-        || data % align != 0
-        || size == 0
-        || end.is_none_or(|end| end > r.geometry().sentinel())
-    {
-        return Err(Error::Corrupted(format!(
-            "entry at {e} describes {size} bytes at offset {data}, not a block of its heap"
-        )));
-    }
-    Ok((data, size))
+    read_slot(r, e)?.placed(r.geometry(), align)
 }
 
 /// Heap bytes a block of `bytes` named `name_len` bytes needs, aligned to `align`.
@@ -444,7 +502,15 @@ fn take_slot(tx: &mut Tx) -> Result<u64> {
 
 /// Creates a new entry holding one reference, with zeroed data; returns the entry offset.
 /// Lock-free readers see it once the update commits.
-pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -> Result<u64> {
+/// Inserts `name` with one reference (pending until the update commits); returns the slot,
+/// its generation and the data offset (of `bytes` bytes, aligned to `align`).
+pub(crate) fn insert(
+    tx: &mut Tx,
+    name: &[u8],
+    h: u64,
+    bytes: u64,
+    align: u64,
+) -> Result<(u64, u32, u64)> {
     let r = *tx.region();
     let request = block_request(name.len() as u64, bytes, align)
         .ok_or_else(|| Error::InvalidArgument(format!("a block of {bytes} bytes cannot exist")))?;
@@ -479,10 +545,7 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
     )?;
     r.write_bytes(block, name)?;
     r.store(slot + l::E_HASH, h)?;
-    r.store(slot + l::E_DATA, data)?;
-    r.store(slot + l::E_SIZE, bytes)?;
-    r.store(slot + l::E_BLOCK, block)?;
-    r.store(slot + l::E_NAME_LEN, name.len() as u64)?;
+    r.store_words(slot + l::E_DATA, &[data, bytes, block, name.len() as u64])?;
     let bucket = bucket_of(&r, h);
     // Logged: on a rollback this word is the free list's link again.
     tx.set(slot + l::E_NEXT, tx.get(bucket)?)?;
@@ -490,8 +553,13 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
     tx.count(Counter::LiveBlocks, 1);
     tx.count(Counter::Requested, bytes);
     tx.publish_at_commit(slot + l::E_STATE);
-    Ok(slot)
+    Ok((slot, generation, data))
 }
+
+// `insert` writes these four fields with one store of consecutive words.
+const _: () = assert!(
+    l::E_SIZE == l::E_DATA + 8 && l::E_BLOCK == l::E_DATA + 16 && l::E_NAME_LEN == l::E_DATA + 24
+);
 
 /// Removes entry `e` of generation `generation`, whose last reference was dropped: unlinks
 /// it and parks its slot with its block (see `recycle.rs`), or frees both when the block is
@@ -499,11 +567,12 @@ pub(crate) fn insert(tx: &mut Tx, name: &[u8], h: u64, bytes: u64, align: u64) -
 /// already (it is no longer in its chain, or the slot moved on to another generation).
 pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
     let r = *tx.region();
-    let s = state(&r, e)?;
+    let dead = read_slot(&r, e)?;
+    let s = dead.state();
     if s.generation() != generation || s.refs() != 0 {
         return Ok(());
     }
-    let h = r.load(e + l::E_HASH)?;
+    let h = dead.hash();
     let bucket = bucket_of(&r, h);
     let mut link = bucket;
     let mut chain = Chain::new(&r, bucket)?;
@@ -511,16 +580,16 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         let Some(x) = chain.step()? else {
             return Ok(());
         };
-        if x == e {
+        if x.at == e {
             break;
         }
-        link = x + l::E_NEXT;
+        link = x.at + l::E_NEXT;
     }
     tx.touch(stripe_of(&r, h))?;
-    tx.set(link, r.load(e + l::E_NEXT)?)?;
+    tx.set(link, dead.next())?;
     tx.count(Counter::LiveBlocks, 1u64.wrapping_neg());
-    tx.count(Counter::Requested, r.load(e + l::E_SIZE)?.wrapping_neg());
-    if recycle::park(tx, e)? {
+    tx.count(Counter::Requested, dead.size().wrapping_neg());
+    if recycle::park(tx, &dead)? {
         return Ok(());
     }
     give_back(tx, e)
@@ -577,11 +646,11 @@ pub(crate) fn entries_partial<M: Mem + ?Sized>(
     let live = r.load(l::LIVE_BLOCKS).unwrap_or(0);
     let cap = live.min(limit).min(r.geometry().max_blocks()).min(1 << 20);
     let mut out = Vec::with_capacity(cap as usize);
-    let walked = each_entry(r, |_, e| {
+    let walked = each_entry(r, |_, slot| {
         if out.len() as u64 >= limit {
             return Ok(false);
         }
-        out.push(read_entry(r, e)?);
+        out.push(read_entry(r, slot.at)?);
         Ok(true)
     });
     match walked {
@@ -590,25 +659,25 @@ pub(crate) fn entries_partial<M: Mem + ?Sized>(
     }
 }
 
-/// The one walk of the whole directory: calls `visit(bucket index, entry)` for every entry on
+/// The one walk of the whole directory: calls `visit(bucket index, slot)` for every entry on
 /// the chains, in bucket order, until it returns false. Bounded: `Corrupted` on a bad link, a
 /// cycle, or more entries than the heap could hold. True when `visit` stopped the walk.
 fn each_entry<M: Mem + ?Sized>(
     r: &M,
-    mut visit: impl FnMut(u64, u64) -> Result<bool>,
+    mut visit: impl FnMut(u64, &Slot) -> Result<bool>,
 ) -> Result<bool> {
     let g = *r.geometry();
     let mut total = 0u64;
     for i in 0..g.bucket_count {
         let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
-        while let Some(e) = chain.step()? {
+        while let Some(slot) = chain.step()? {
             total += 1;
             if total > g.max_blocks() {
                 return Err(Error::Corrupted(
                     "the directory holds more entries than the heap could".into(),
                 ));
             }
-            if !visit(i, e)? {
+            if !visit(i, &slot)? {
                 return Ok(true);
             }
         }
@@ -620,9 +689,9 @@ fn each_entry<M: Mem + ?Sized>(
 /// must say.
 fn count_entries<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
     let (mut seen, mut requested) = (0u64, 0u64);
-    each_entry(r, |_, e| {
+    each_entry(r, |_, slot| {
         seen += 1;
-        requested = requested.wrapping_add(r.load(e + l::E_SIZE)?);
+        requested = requested.wrapping_add(slot.size());
         Ok(true)
     })?;
     Ok((seen, requested))
@@ -642,8 +711,8 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
     let live = r.load(l::LIVE_BLOCKS)?;
     let mut seen = 0u64;
     let mut requested = 0u64;
-    each_entry(r, |i, e| {
-        let info = read_entry(r, e)?;
+    each_entry(r, |i, slot| {
+        let info = read_entry(r, slot.at)?;
         // An entry without references is allowed: its last holder died before removing it,
         // and the next update that meets it removes it.
         if hash(info.name.as_bytes()) & (buckets - 1) != i {
@@ -652,7 +721,7 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
                 info.name
             )));
         }
-        data_of(r, e, l::ALIGN)?;
+        slot.placed(r.geometry(), l::ALIGN)?;
         seen += 1;
         requested = requested.wrapping_add(info.size);
         if seen > live {

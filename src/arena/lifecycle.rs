@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use parking_lot::Mutex;
 
 use super::header::{self, HeaderState};
 use super::layout as l;
 use super::region::{Mem, Region};
-use super::{heap, lock, page_size, shm, Arena, HeldMap, HugePages, Options, Reservation, Unlink};
+use super::{
+    heap, lock, page_size, shm, Arena, HeldMap, HeldRefs, HugePages, Options, Reservation, Unlink,
+};
 use crate::error::{Error, Result};
 
 impl Arena {
@@ -318,7 +319,7 @@ impl Arena {
             page,
             lock_timeout: options.lock_timeout,
             reservation: options.reservation,
-            held: Mutex::new(HeldMap::default()),
+            held: HeldRefs::new(HeldMap::default()),
             slot: None,
         })
     }

@@ -20,6 +20,7 @@ mod blocks;
 mod directory;
 mod header;
 mod heap;
+mod held;
 mod inspect;
 pub(crate) mod layout;
 mod lifecycle;
@@ -31,12 +32,9 @@ pub(crate) mod shm;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use parking_lot::Mutex;
 
 pub use block::Block;
 /// The held user lock ([`Arena::lock_user`]).
@@ -51,6 +49,7 @@ pub use shm::{
     DEFAULT_SHM_DIR, SHM_DIR_ENV, SHM_PREFIX,
 };
 
+use held::{Held, HeldMap, HeldRefs};
 pub use lock::LockGuard;
 use region::{Mem, Region};
 
@@ -133,7 +132,7 @@ pub struct Arena {
     lock_timeout: Duration,
     reservation: Reservation,
     /// References this process holds, by data offset.
-    held: Mutex<HeldMap>,
+    held: HeldRefs,
     /// This handle's slot in the attacher record (None: not recorded).
     slot: Option<u64>,
 }
@@ -158,36 +157,6 @@ pub fn page_size() -> u64 {
             .map_or(4096, |p| p as u64)
     })
 }
-
-/// Hashes the arena offsets used as keys of the per-process reference map: they are distinct
-/// multiples of 16, so one multiply spreads them well and is cheaper than SipHash.
-#[derive(Default, Clone, Copy)]
-struct OffsetHasher(u64);
-
-impl std::hash::Hasher for OffsetHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (v >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// One block this process holds references to.
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    entry: u64,
-    /// The entry's generation when the references were taken.
-    generation: u32,
-    count: u64,
-}
-
-type HeldMap = HashMap<u64, Held, std::hash::BuildHasherDefault<OffsetHasher>>;
 
 /// Entries returned by `entries()` at most: what the heap could hold anyway.
 const ALL: u64 = u64::MAX;

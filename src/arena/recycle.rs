@@ -16,7 +16,7 @@
 //! [`Stats`]: crate::arena::Stats
 //! [`Arena::coalesce`]: crate::arena::Arena::coalesce
 
-use super::directory;
+use super::directory::{self, Slot};
 use super::heap::{self, BLOCK_HEADER};
 use super::layout::{self as l, PARK_CLASSES};
 use super::region::{Counter, Mem, Region, Tx};
@@ -34,11 +34,11 @@ fn head(class: usize) -> u64 {
     l::PARKED + class as u64 * 8
 }
 
-/// Parks slot `e` (already unlinked from its chain, without references) with its block. False
+/// Parks `slot` (already unlinked from its chain, without references) with its block. False
 /// when the block is too large to park: the caller frees both then.
-pub(crate) fn park(tx: &mut Tx, e: u64) -> Result<bool> {
-    let r = *tx.region();
-    let payload = heap::payload_size(&r, r.load(e + l::E_BLOCK)?)?;
+pub(crate) fn park(tx: &mut Tx, slot: &Slot) -> Result<bool> {
+    let (r, e) = (*tx.region(), slot.at);
+    let payload = heap::payload_size(&r, slot.block())?;
     let Some(class) = class_of(payload) else {
         return Ok(false);
     };
@@ -64,28 +64,27 @@ fn pop(tx: &mut Tx, class: usize) -> Result<Option<(u64, u64)>> {
     if e == 0 {
         return Ok(None);
     }
-    let (block, size) = check_parked(&r, e, class)?;
-    tx.set(head(class), r.load(e + l::E_NEXT)?)?;
+    let (slot, size) = check_parked(&r, e, class)?;
+    tx.set(head(class), slot.next())?;
     tx.count(Counter::ParkedBytes, (size + BLOCK_HEADER).wrapping_neg());
-    Ok(Some((e, block)))
+    Ok(Some((e, slot.block())))
 }
 
 /// Checks that `e`, found on the list of `class`, is a slot without references whose block is
-/// in use and of that class; returns the block and its payload size.
+/// in use and of that class; returns the slot as read and its block's payload size.
 #[inline]
-fn check_parked<M: Mem + ?Sized>(r: &M, e: u64, class: usize) -> Result<(u64, u64)> {
-    let e = directory::check_entry(r, e)?;
-    let block = r.load(e + l::E_BLOCK)?;
-    let size = heap::payload_size(r, block)?;
-    if class_of(size) != Some(class) || directory::state(r, e)?.refs() != 0 {
+fn check_parked<M: Mem + ?Sized>(r: &M, e: u64, class: usize) -> Result<(Slot, u64)> {
+    let slot = directory::read_slot(r, e)?;
+    let size = heap::payload_size(r, slot.block())?;
+    if class_of(size) != Some(class) || slot.state().refs() != 0 {
         return Err(Error::Corrupted(format!(
             "parked slot {e} on the list of {}-byte blocks holds a block of {size} bytes with \
              {} references",
             (class + 1) as u64 * l::ALIGN,
-            directory::state(r, e)?.refs()
+            slot.state().refs()
         )));
     }
-    Ok((block, size))
+    Ok((slot, size))
 }
 
 /// Gives up to `max` parked blocks back to the heap (merged with their free neighbours) and
@@ -124,9 +123,9 @@ pub(crate) fn count_parked<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
                     "the parked-block lists hold more slots than the heap could (a cycle?)".into(),
                 ));
             }
-            let (_, size) = check_parked(r, e, class)?;
+            let (slot, size) = check_parked(r, e, class)?;
             bytes += size + BLOCK_HEADER;
-            e = r.load(e + l::E_NEXT)?;
+            e = slot.next();
         }
     }
     Ok((blocks, bytes))

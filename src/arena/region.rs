@@ -34,6 +34,11 @@ pub(crate) trait Mem {
         self.read_bytes(off, &mut b)?;
         Ok(u64::from_ne_bytes(b))
     }
+    /// The `out.len()` consecutive 8-byte words at `off`, bounds-checked once (a directory
+    /// slot is read whole this way: one check instead of one per field).
+    fn words(&self, off: u64, out: &mut [u64]) -> Result<()> {
+        self.read_bytes(off, bytemuck::cast_slice_mut(out))
+    }
     /// The 4-byte word at `off`.
     fn load32(&self, off: u64) -> Result<u32> {
         let mut b = [0u8; 4];
@@ -146,13 +151,25 @@ impl Region {
         self.header_word(l::DIR_VERSIONS + (stripe % l::VERSION_STRIPES) as u64 * 8)
     }
 
+    /// Moves the version of `stripe` on by one. Only the lock holder writes versions, so a
+    /// load and a store do (no read-modify-write: that would cost an atomic instruction twice
+    /// per update). The release fence orders the store before the update's writes that follow
+    /// (when it makes the version odd); the release store orders the update's writes before it
+    /// (when it makes the version even again): a seqlock writer's two halves.
+    #[inline]
+    pub(crate) fn bump_version(&self, stripe: usize) {
+        let v = self.version(stripe);
+        v.store(v.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+        std::sync::atomic::fence(Ordering::Release);
+    }
+
     /// Makes every directory version even again after a recovery rolled back an update whose
-    /// process died with some odd; the new values differ from every one read before.
+    /// process died with some odd; the new values differ from every one read before. Under the
+    /// lock.
     pub(crate) fn settle_version(&self) {
         for stripe in 0..l::VERSION_STRIPES {
-            let v = self.version(stripe);
-            if v.load(Ordering::Acquire) & 1 == 1 {
-                v.fetch_add(1, Ordering::AcqRel);
+            if self.version(stripe).load(Ordering::Acquire) & 1 == 1 {
+                self.bump_version(stripe);
             }
         }
     }
@@ -190,6 +207,24 @@ impl Region {
     #[inline]
     pub(crate) fn store(&self, off: u64, value: u64) -> Result<()> {
         self.word(off)?.store(value, Ordering::Release);
+        Ok(())
+    }
+
+    /// Unlogged stores of consecutive words from `off` (a fresh slot's fields), bounds-checked
+    /// once.
+    #[inline]
+    pub(crate) fn store_words(&self, off: u64, values: &[u64]) -> Result<()> {
+        if off % 8 != 0 {
+            return Err(Error::Corrupted(format!(
+                "offset {off} is not word-aligned"
+            )));
+        }
+        let p = self.at(off, values.len() as u64 * 8)? as *const AtomicU64;
+        for (i, &v) in values.iter().enumerate() {
+            // SAFETY: `at` checked that every word lies inside the mapping; `off` is a multiple
+            // of 8 and the mapping 8-aligned; atomic stores to shared memory.
+            unsafe { &*p.add(i) }.store(v, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -274,6 +309,24 @@ impl Mem for Region {
     #[inline]
     fn load(&self, off: u64) -> Result<u64> {
         Ok(self.word(off)?.load(Ordering::Acquire))
+    }
+
+    #[inline]
+    fn words(&self, off: u64, out: &mut [u64]) -> Result<()> {
+        let n = out.len() as u64 * 8;
+        if off % 8 != 0 {
+            return Err(Error::Corrupted(format!(
+                "offset {off} is not word-aligned"
+            )));
+        }
+        let p = self.at(off, n)? as *const AtomicU64;
+        for (i, w) in out.iter_mut().enumerate() {
+            // SAFETY: `at` checked that all `n` bytes lie inside the mapping; `off` is a
+            // multiple of 8 and the mapping 8-aligned; atomic loads of shared memory, each
+            // reference dropped at once.
+            *w = unsafe { &*p.add(i) }.load(Ordering::Acquire);
+        }
+        Ok(())
     }
 
     fn load32(&self, off: u64) -> Result<u32> {
@@ -421,7 +474,7 @@ impl<'r> Tx<'r> {
                 "internal: one update changed more than 4 directory chains".into(),
             ));
         }
-        self.region.version(stripe).fetch_add(1, Ordering::AcqRel);
+        self.region.bump_version(stripe);
         self.touched[self.touched_len] = stripe;
         self.touched_len += 1;
         Ok(())
@@ -452,7 +505,14 @@ impl<'r> Tx<'r> {
         }
         if let Some(off) = self.publish.take() {
             if let Ok(state) = self.region.heap_word(off) {
-                state.fetch_and(!crate::arena::directory::PENDING, Ordering::AcqRel);
+                // A load and a store, not a read-modify-write: nothing else changes a pending
+                // state word (lock-free readers leave pending entries alone, and a reader's
+                // compare-and-swap from an older generation fails on it).
+                let pending = state.load(Ordering::Acquire);
+                state.store(
+                    pending & !crate::arena::directory::PENDING,
+                    Ordering::Release,
+                );
             }
         }
         self.end();
@@ -460,7 +520,7 @@ impl<'r> Tx<'r> {
 
     fn end(&mut self) {
         for &stripe in &self.touched[..self.touched_len] {
-            self.region.version(stripe).fetch_add(1, Ordering::AcqRel);
+            self.region.bump_version(stripe);
         }
         self.touched_len = 0;
     }
