@@ -260,6 +260,19 @@ impl Region {
         off % 8 == 0 && self.geo.writable(off)
     }
 
+    /// The word at `off` if an update may change it ([`Region::writable`]): one check for
+    /// both that and the bounds.
+    #[inline]
+    fn writable_word(&self, off: u64) -> Option<&AtomicU64> {
+        if !self.writable(off) || off + 8 > self.len {
+            return None;
+        }
+        // SAFETY: `off + 8 <= len` (checked; `writable` bounds `off` by the heap's end, so the
+        // sum cannot overflow) and `off` is a multiple of 8 in an 8-aligned mapping; atomic
+        // access to shared memory, the reference living no longer than &self.
+        Some(unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) })
+    }
+
     /// Undoes an interrupted transaction left by a process that died holding the lock. Must be
     /// called with the arena lock held. Idempotent: a recoverer that dies too is simply redone.
     /// Every entry is checked before any is applied: a log that would write outside what an
@@ -416,12 +429,14 @@ impl<'r> Tx<'r> {
     /// may change (damaged metadata pointing at the locks or the header).
     #[inline]
     pub(crate) fn set(&mut self, off: u64, value: u64) -> Result<()> {
-        if !self.region.writable(off) || self.len >= UNDO_CAPACITY {
+        let Some(word) = self.region.writable_word(off) else {
+            return Err(self.refusal(off));
+        };
+        if self.len >= UNDO_CAPACITY {
             return Err(self.refusal(off));
         }
         // Logged even when unchanged: the caller may overwrite the word later without logging
         // (fresh block payloads), and a rollback must still put this value back.
-        let word = self.region.word(off)?;
         let old = word.load(Ordering::Acquire);
         #[cfg(test)]
         if self.limit.is_some_and(|l| self.len >= l) {
