@@ -2,6 +2,7 @@
 //! 100,000 live names. Prints a table; `--json FILE` writes the figures too.
 //!
 //!     cargo run --release --example arena_bench [-- --json arena.json] [--live N] [--rounds N]
+//!         [--expected-names N]
 
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,18 @@ fn main() -> nodeshm::Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    // `--expected-names N`: directory size (the MPI benchmark's arena asks for 2^18).
+    let expected: u64 = std::env::args()
+        .skip_while(|a| a != "--expected-names")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(131_072);
     let name = format!("nodeshm-bench-{}", std::process::id());
     let arena = Arena::create(
         &name,
         &Options::new(256 << 20)
             .unlink(Unlink::AfterAttach { peers: 0 })
-            .expected_names(131_072),
+            .expected_names(expected),
     )?;
     println!(
         "{:>12} {:>10} {:>12} {:>12}",
