@@ -16,7 +16,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -36,7 +36,32 @@ pub const MAX_ARENA_SIZE: u64 = 1 << 48;
 pub const UNDO_CAPACITY: u64 = 256;
 
 pub const LABEL_LEN: usize = 256;
-pub const MUTEX_SLOT: usize = 64;
+/// Bytes of a lock slot's mutex (glibc's `pthread_mutex_t` takes 40 on 64-bit Linux).
+pub const MUTEX_SLOT: usize = 48;
+
+/// A robust mutex and the pid of its holder in one cache line: every update writes both, and
+/// another core's next update then pulls one line instead of two.
+#[repr(C, align(64))]
+pub struct LockSlot {
+    pub mutex: [u8; MUTEX_SLOT],
+    /// Pid of the holder (0: free), told to those who time out waiting.
+    pub holder_pid: u32,
+    pub reserved: [u32; 3],
+}
+
+/// The undo log and the counters that updates change outside it, from one cache line on: an
+/// update writes the log's length and first entries and, at its commit, the counters.
+#[repr(C, align(64))]
+pub struct Log {
+    pub undo_len: u64,
+    /// Counters applied at commit and recounted by a recovery (see `region::Counter`).
+    pub live_blocks: u64,
+    pub requested: u64,
+    /// Heap bytes (headers included) of the blocks parked on `Meta::parked` (see
+    /// `recycle.rs`): counted in `used` by the heap, free to the user.
+    pub parked_bytes: u64,
+    pub undo: [[u64; 2]; UNDO_CAPACITY as usize],
+}
 
 /// The arena header. Immutable fields are written by the creator before `init_state` becomes
 /// READY; the rest are accessed atomically by offset (see `region.rs`).
@@ -63,17 +88,14 @@ pub struct Header {
     pub label: [u8; LABEL_LEN],
     /// Placement actually applied (NUL-padded UTF-8), written by the manager.
     pub placement: [u8; LABEL_LEN],
-    pub lock: [u8; MUTEX_SLOT],
-    pub user_lock: [u8; MUTEX_SLOT],
-    pub lock_holder_pid: u32,
+    pub lock: LockSlot,
+    pub user_lock: LockSlot,
     pub unlinked: u32,
     /// With the after-attach policy: attachers (besides the creator) to wait for.
     pub expected_peers: u32,
     /// Set (to 1) when a recovery found the undo log damaged: the metadata cannot be trusted,
     /// and every later locker gets `Corrupted` instead of working on it.
     pub damaged: u32,
-    /// Pid of the user lock's holder (0: free), told to those who time out waiting for it.
-    pub user_lock_holder_pid: u32,
     /// Handles attached beyond the recorded slots (counted, but not checked for being alive).
     pub untracked_attachers: u32,
     pub recoveries: u64,
@@ -84,8 +106,7 @@ pub struct Header {
     /// change. Not part of `Meta`: no update logs or rolls them back.
     pub dir_versions: [u64; VERSION_STRIPES],
     pub meta: Meta,
-    pub undo_len: u64,
-    pub undo: [[u64; 2]; UNDO_CAPACITY as usize],
+    pub log: Log,
     /// Who is attached: (pid, start time) per slot, pid 0 = free. A handle that drops counts
     /// only attachers still alive, so a killed process does not keep an `OnLastDetach` name.
     pub attachers: [[u64; 2]; ATTACHER_SLOTS],
@@ -105,8 +126,6 @@ pub const ATTACHER_SLOTS: usize = 256;
 #[repr(C)]
 pub struct Meta {
     pub used: u64,
-    pub live_blocks: u64,
-    pub requested: u64,
     pub high_water: u64,
     /// Everything in the heap from here to the sentinel has never been written: still zero from
     /// the kernel, so allocations there need no zeroing.
@@ -115,9 +134,6 @@ pub struct Meta {
     pub slot_free: u64,
     /// Directory slots carved so far (they are never given back to the heap).
     pub slots: u64,
-    /// Heap bytes (headers included) of the blocks parked on `parked` (see `recycle.rs`):
-    /// counted in `used` by the heap, free to the user.
-    pub parked_bytes: u64,
     /// Per size class, a list of removed names' slots that keep their heap block, linked by
     /// the slot's `next`, for the next name of that size (class `i`: payloads of
     /// `(i + 1) * ALIGN` bytes).
@@ -128,8 +144,10 @@ pub struct Meta {
 }
 
 const _: () = assert!(std::mem::size_of::<nix::libc::pthread_mutex_t>() <= MUTEX_SLOT);
-const _: () = assert!(offset_of!(Header, lock) % 16 == 0);
-const _: () = assert!(offset_of!(Header, user_lock) % 16 == 0);
+const _: () = assert!(std::mem::size_of::<LockSlot>() == 64);
+const _: () = assert!(offset_of!(Header, lock) % 64 == 0);
+const _: () = assert!(offset_of!(Header, user_lock) % 64 == 0);
+const _: () = assert!(offset_of!(Header, log) % 64 == 0);
 
 /// Bytes of the arena header (the smallest file that can be an arena).
 pub const HEADER_SIZE: u64 = std::mem::size_of::<Header>() as u64;
@@ -155,30 +173,30 @@ pub const HEAP_OFFSET: u64 = off!(heap_offset);
 pub const HEAP_END: u64 = off!(heap_end);
 pub const LABEL: u64 = off!(label);
 pub const PLACEMENT: u64 = off!(placement);
-pub const LOCK: u64 = off!(lock);
-pub const USER_LOCK: u64 = off!(user_lock);
-pub const LOCK_HOLDER: u64 = off!(lock_holder_pid);
+pub const LOCK: u64 = off!(lock.mutex);
+pub const USER_LOCK: u64 = off!(user_lock.mutex);
+pub const LOCK_HOLDER: u64 = off!(lock.holder_pid);
 pub const UNLINKED: u64 = off!(unlinked);
 pub const EXPECTED_PEERS: u64 = off!(expected_peers);
 pub const DAMAGED: u64 = off!(damaged);
-pub const USER_LOCK_HOLDER: u64 = off!(user_lock_holder_pid);
+pub const USER_LOCK_HOLDER: u64 = off!(user_lock.holder_pid);
 pub const UNTRACKED: u64 = off!(untracked_attachers);
 pub const RECOVERIES: u64 = off!(recoveries);
 pub const DIR_VERSIONS: u64 = off!(dir_versions);
 pub const USED: u64 = off!(meta.used);
-pub const LIVE_BLOCKS: u64 = off!(meta.live_blocks);
-pub const REQUESTED: u64 = off!(meta.requested);
+pub const LIVE_BLOCKS: u64 = off!(log.live_blocks);
+pub const REQUESTED: u64 = off!(log.requested);
 pub const HIGH_WATER: u64 = off!(meta.high_water);
 pub const PRISTINE_FROM: u64 = off!(meta.pristine_from);
 pub const SLOT_FREE: u64 = off!(meta.slot_free);
 pub const SLOTS: u64 = off!(meta.slots);
-pub const PARKED_BYTES: u64 = off!(meta.parked_bytes);
+pub const PARKED_BYTES: u64 = off!(log.parked_bytes);
 pub const PARKED: u64 = off!(meta.parked);
 pub const FL_BITMAP: u64 = off!(meta.fl_bitmap);
 pub const SL_BITMAP: u64 = off!(meta.sl_bitmap);
 pub const HEADS: u64 = off!(meta.heads);
-pub const UNDO_LEN: u64 = off!(undo_len);
-pub const UNDO_ENTRIES: u64 = off!(undo);
+pub const UNDO_LEN: u64 = off!(log.undo_len);
+pub const UNDO_ENTRIES: u64 = off!(log.undo);
 const _: () = assert!(UNDO_ENTRIES % 8 == 0 && UNDO_ENTRIES + UNDO_CAPACITY * 16 <= HEADER_SIZE);
 pub const ATTACHERS: u64 = off!(attachers);
 /// `header_size` and `unlink_policy` share words with neighbours; read them as u32.
@@ -259,7 +277,7 @@ pub struct Geometry {
 
 /// The heap metadata an update changes (`Meta`): everything from `used` to the undo log.
 const META_START: u64 = off!(meta);
-const META_END: u64 = off!(undo_len);
+const META_END: u64 = off!(log);
 
 impl Geometry {
     /// Reads and checks the geometry words of a header (read with `word`, by offset) of an
