@@ -1,10 +1,11 @@
-//! The name directory: a fixed array of buckets, each the head of a chain of entries. An entry
-//! is a 64-byte slot (slots are carved from heap chunks that are never given back); its name
-//! and the user's data share one heap block. Lookups are O(1) expected.
+//! The name directory: a fixed array of chain heads in groups of one cache line, each group
+//! with its version (see [`l::GROUP_WORDS`]); a chain links entries. An entry is a 64-byte
+//! slot (slots are carved from heap chunks that are never given back); its name and the user's
+//! data share one heap block. Lookups are O(1) expected.
 //!
 //! Lookups and reference counting work without the arena lock: a reader walks the chain,
-//! validated by its stripe of the directory version (odd while an update changes a chain of
-//! that stripe), and takes its reference
+//! validated by its group's version (odd while an update changes a chain of the group, read
+//! from the same line as the chain's head), and takes its reference
 //! with a compare-and-swap on the slot's state word (generation, pending flag, references),
 //! which fails if the slot was removed or reused meanwhile and never revives an entry whose
 //! last reference went. Inserting and removing take the lock and the undo log, as before; a
@@ -86,16 +87,24 @@ pub(crate) fn checked_hash(name: &str) -> Result<u64> {
     Ok(h)
 }
 
+/// The directory group of the names hashing to `h`: from the hash's low bits.
 #[inline]
-fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
-    let g = r.geometry();
-    g.buckets_offset + (h & (g.bucket_count - 1)) * 8
+fn group_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
+    h & (r.geometry().bucket_count / l::GROUP_WORDS - 1)
 }
 
-/// The version stripe of the chain that names hashing to `h` live in.
+/// The offset of the chain head of the names hashing to `h`: in their group, the head chosen
+/// by the hash's high 32 bits (a multiply-shift spreads them evenly over the 7 heads).
 #[inline]
-fn stripe_of<M: Mem + ?Sized>(r: &M, h: u64) -> usize {
-    (h & (r.geometry().bucket_count - 1)) as usize
+fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
+    let head = ((h >> 32) * l::GROUP_HEADS) >> 32;
+    head_offset(r.geometry(), group_of(r, h), head)
+}
+
+/// The offset of head `head` (below [`l::GROUP_HEADS`]) of group `group`.
+#[inline]
+fn head_offset(g: &Geometry, group: u64, head: u64) -> u64 {
+    g.buckets_offset + group * l::GROUP_WORDS * 8 + 8 + head * 8
 }
 
 /// `state` bit: the entry's insertion is not committed yet; lock-free readers leave it alone.
@@ -136,7 +145,7 @@ pub(crate) fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
 }
 
 /// A directory slot's eight words, read at once with one bounds check ([`read_slot`]). A
-/// copy: a lock-free reader validates what it read by the chain's version stripe and by the
+/// copy: a lock-free reader validates what it read by the chain group's version and by the
 /// state word's compare-and-swap, exactly as it would single loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {
@@ -326,7 +335,7 @@ pub(crate) enum Fast {
     /// A live entry named so (checked again by the reference's compare-and-swap), as read.
     Hit(Slot),
     /// No such name, and no update of its chain ran meanwhile: `version` is what the chain's
-    /// version stripe read (see [`still_missing`]).
+    /// group version read (see [`still_missing`]).
     Miss { version: u64 },
     /// An update ran meanwhile, or something looked wrong: ask again under the lock (which
     /// also reports real damage).
@@ -338,7 +347,7 @@ pub(crate) enum Fast {
 /// stays a slot); the caller then takes its reference with [`take_reference`], whose
 /// compare-and-swap fails if the slot changed generation or lost its last reference since.
 pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
-    let version = r.version(stripe_of(r, h));
+    let version = r.version(group_of(r, h));
     let before = version.load(Ordering::Acquire);
     if before & 1 == 1 {
         return Fast::Busy;
@@ -378,7 +387,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
 /// chain of `h` to end, so that the lookup can be tried again without the lock. False when it
 /// did not end in time (the caller then takes the lock, which waits properly).
 pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
-    let version = r.version(stripe_of(r, h));
+    let version = r.version(group_of(r, h));
     for _ in 0..512 {
         if version.load(Ordering::Acquire) & 1 == 0 {
             return true;
@@ -389,10 +398,10 @@ pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
 }
 
 /// Under the lock: whether the miss that [`lookup_fast`] reported with `version` still holds
-/// (no update changed a chain of that stripe since; a recovery moves every odd stripe), so
+/// (no update changed a chain of that group since; a recovery moves every odd version), so
 /// that the name can be inserted without walking its chain again.
 pub(crate) fn still_missing(r: &Region, h: u64, version: u64) -> bool {
-    r.version(stripe_of(r, h)).load(Ordering::Acquire) == version
+    r.version(group_of(r, h)).load(Ordering::Acquire) == version
 }
 
 /// Adds one reference to entry `e` if its state is still `seen` (same generation, live):
@@ -534,7 +543,7 @@ pub(crate) fn insert(
         }
     };
     // Before the new slot is linked: readers of this chain see the version move.
-    tx.touch(stripe_of(&r, h))?;
+    tx.touch(group_of(&r, h))?;
     let data = round_up(block + name.len() as u64, align);
     let generation = state(&r, slot)?.generation().wrapping_add(1);
     // The new generation first, pending: a reader holding this slot's offset from before now
@@ -585,7 +594,7 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         }
         link = x.at + l::E_NEXT;
     }
-    tx.touch(stripe_of(&r, h))?;
+    tx.touch(group_of(&r, h))?;
     tx.set(link, dead.next())?;
     tx.count(Counter::LiveBlocks, 1u64.wrapping_neg());
     tx.count(Counter::Requested, dead.size().wrapping_neg());
@@ -659,17 +668,19 @@ pub(crate) fn entries_partial<M: Mem + ?Sized>(
     }
 }
 
-/// The one walk of the whole directory: calls `visit(bucket index, slot)` for every entry on
-/// the chains, in bucket order, until it returns false. Bounded: `Corrupted` on a bad link, a
+/// The one walk of the whole directory: calls `visit(chain head offset, slot)` for every entry
+/// on the chains, in directory order, until it returns false. Bounded: `Corrupted` on a bad link, a
 /// cycle, or more entries than the heap could hold. True when `visit` stopped the walk.
-fn each_entry<M: Mem + ?Sized>(
+pub(super) fn each_entry<M: Mem + ?Sized>(
     r: &M,
     mut visit: impl FnMut(u64, &Slot) -> Result<bool>,
 ) -> Result<bool> {
     let g = *r.geometry();
     let mut total = 0u64;
-    for i in 0..g.bucket_count {
-        let mut chain = Chain::new(r, g.buckets_offset + i * 8)?;
+    let heads = (0..g.bucket_count / l::GROUP_WORDS)
+        .flat_map(|group| (0..l::GROUP_HEADS).map(move |head| head_offset(&g, group, head)));
+    for i in heads {
+        let mut chain = Chain::new(r, i)?;
         while let Some(slot) = chain.step()? {
             total += 1;
             if total > g.max_blocks() {
@@ -707,7 +718,6 @@ pub(crate) fn recount(r: &Region) -> Result<()> {
 
 /// Checks that every entry is inside the heap, in the right bucket, and counted.
 pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
-    let buckets = r.geometry().bucket_count;
     let live = r.load(l::LIVE_BLOCKS)?;
     let mut seen = 0u64;
     let mut requested = 0u64;
@@ -715,7 +725,7 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
         let info = read_entry(r, slot.at)?;
         // An entry without references is allowed: its last holder died before removing it,
         // and the next update that meets it removes it.
-        if hash(info.name.as_bytes()) & (buckets - 1) != i {
+        if bucket_of(r, hash(info.name.as_bytes())) != i {
             return Err(Error::Corrupted(format!(
                 "entry {:?} is misfiled",
                 info.name

@@ -4,8 +4,9 @@
 //! misreading.
 //!
 //! ```text
-//! 0               Header (identity, locks, directory version stripes, heap metadata, undo log)
-//! buckets_offset  name directory: bucket_count u64 offsets of entry chains
+//! 0               Header (identity, locks, heap metadata, undo log)
+//! buckets_offset  name directory: bucket_count words in 64-byte groups, each the version of
+//!                 its group then 7 heads of entry chains (u64 offsets)
 //! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]; named
 //!                 blocks hold [name][padding][data]; chunks of 32 directory slots (Entry)
 //! heap_end-16     sentinel block header (size 0, used)
@@ -16,7 +17,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -99,12 +100,6 @@ pub struct Header {
     /// Handles attached beyond the recorded slots (counted, but not checked for being alive).
     pub untracked_attachers: u32,
     pub recoveries: u64,
-    /// The directory's versions, one per stripe of buckets (bucket index mod
-    /// `VERSION_STRIPES`): odd while an update under the arena lock changes a chain of the
-    /// stripe, bumped again when it ends (or is rolled back). Lock-free lookups read their
-    /// stripe's before and after, and trust a miss (or a slot they found) only if it did not
-    /// change. Not part of `Meta`: no update logs or rolls them back.
-    pub dir_versions: [u64; VERSION_STRIPES],
     pub meta: Meta,
     pub log: Log,
     /// Who is attached: (pid, start time) per slot, pid 0 = free. A handle that drops counts
@@ -115,8 +110,15 @@ pub struct Header {
 /// Size classes of parked blocks: payloads up to `PARK_CLASSES * ALIGN` bytes are parked.
 pub const PARK_CLASSES: usize = 64;
 
-/// Stripes of the directory version: updates of other names rarely disturb a reader.
-pub const VERSION_STRIPES: usize = 256;
+/// The directory is `bucket_count` words in groups of one cache line: word 0 of a group is
+/// its version, odd while an update under the arena lock changes one of the group's chains and
+/// bumped again when it ends (or is rolled back); lock-free lookups read it before and after
+/// and trust a miss (or a slot they found) only if it did not change. No update logs or rolls
+/// back a version. The other 7 words are chain heads. A lookup reads its chain's head and its
+/// version from one line, and an update writes both in one line.
+pub const GROUP_WORDS: u64 = 8;
+/// Chain heads per group.
+pub const GROUP_HEADS: u64 = GROUP_WORDS - 1;
 
 /// Attached processes recorded by pid and start time; more attach, uncounted for that purpose
 /// (they are counted in `attach_count` only).
@@ -182,7 +184,6 @@ pub const DAMAGED: u64 = off!(damaged);
 pub const USER_LOCK_HOLDER: u64 = off!(user_lock.holder_pid);
 pub const UNTRACKED: u64 = off!(untracked_attachers);
 pub const RECOVERIES: u64 = off!(recoveries);
-pub const DIR_VERSIONS: u64 = off!(dir_versions);
 pub const USED: u64 = off!(meta.used);
 pub const LIVE_BLOCKS: u64 = off!(log.live_blocks);
 pub const REQUESTED: u64 = off!(log.requested);
@@ -292,8 +293,9 @@ impl Geometry {
         let undo = read(UNDO_LEN, "undo log length")?;
         let ok = size <= MAX_ARENA_SIZE
             && buckets.is_power_of_two()
+            && buckets >= GROUP_WORDS
             && buckets_at >= HEADER_SIZE
-            && buckets_at % 8 == 0
+            && buckets_at % (GROUP_WORDS * 8) == 0
             && buckets
                 .checked_mul(8)
                 .and_then(|b| b.checked_add(buckets_at))

@@ -225,7 +225,7 @@ pub(crate) unsafe fn force_unlock(
 
 /// Repairs what a process that died holding the arena lock left (the caller holds the lock
 /// now): rolls its update back, recounts the figures updates keep outside the undo log (it may
-/// have died after its commit point but before storing them), and makes every version stripe
+/// have died after its commit point but before storing them), and makes every directory version
 /// even again. Returns the words rolled back; `Corrupted` when the log or the directory fails
 /// its checks.
 pub(crate) fn recover(r: &Region) -> Result<u64> {

@@ -109,7 +109,7 @@ pub struct ArenaInfo {
     pub label: String,
     /// The memory placement applied at creation.
     pub placement: String,
-    /// Size of the name directory.
+    /// Chains of the name directory (7 of every 8 of its words; the 8th is a version).
     pub bucket_count: u64,
 }
 

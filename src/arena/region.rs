@@ -145,20 +145,29 @@ impl Region {
         }
     }
 
-    /// The directory version of `stripe` (see `Header::dir_versions`).
+    /// The version of directory group `group` (see [`l::GROUP_WORDS`]), taken modulo the
+    /// number of groups.
     #[inline]
-    pub(crate) fn version(&self, stripe: usize) -> &AtomicU64 {
-        self.header_word(l::DIR_VERSIONS + (stripe % l::VERSION_STRIPES) as u64 * 8)
+    pub(crate) fn version(&self, group: u64) -> &AtomicU64 {
+        let g = &self.geo;
+        let off = g.buckets_offset + (group & (g.bucket_count / l::GROUP_WORDS - 1)) * 64;
+        debug_assert!(off + 8 <= self.len);
+        // SAFETY: the geometry was checked (`Geometry::read`, or made by `create`) for this
+        // mapping's size: the directory's `bucket_count` words (a power of two, at least one
+        // group) start at a multiple of 64 and end before the heap, inside the mapping; `off`
+        // is the first word of one of its groups. Atomic access to shared memory, the
+        // reference living no longer than &self.
+        unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
     }
 
-    /// Moves the version of `stripe` on by one. Only the lock holder writes versions, so a
+    /// Moves the version of `group` on by one. Only the lock holder writes versions, so a
     /// load and a store do (no read-modify-write: that would cost an atomic instruction twice
     /// per update). The release fence orders the store before the update's writes that follow
     /// (when it makes the version odd); the release store orders the update's writes before it
     /// (when it makes the version even again): a seqlock writer's two halves.
     #[inline]
-    pub(crate) fn bump_version(&self, stripe: usize) {
-        let v = self.version(stripe);
+    pub(crate) fn bump_version(&self, group: u64) {
+        let v = self.version(group);
         v.store(v.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
         std::sync::atomic::fence(Ordering::Release);
     }
@@ -167,9 +176,9 @@ impl Region {
     /// process died with some odd; the new values differ from every one read before. Under the
     /// lock.
     pub(crate) fn settle_version(&self) {
-        for stripe in 0..l::VERSION_STRIPES {
-            if self.version(stripe).load(Ordering::Acquire) & 1 == 1 {
-                self.bump_version(stripe);
+        for group in 0..self.geo.bucket_count / l::GROUP_WORDS {
+            if self.version(group).load(Ordering::Acquire) & 1 == 1 {
+                self.bump_version(group);
             }
         }
     }
@@ -391,8 +400,9 @@ pub(crate) struct Tx<'r> {
     len: u64,
     /// What this update adds to each [`Counter`] (wrapping), applied at commit.
     deltas: [u64; 3],
-    /// Version stripes this update made odd (the chains it changes), made even at its end.
-    touched: [usize; 4],
+    /// Directory groups whose version this update made odd (the chains it changes), made
+    /// even at its end.
+    touched: [u64; 4],
     touched_len: usize,
     /// A slot whose new generation becomes visible to lock-free readers at commit.
     publish: Option<u64>,
@@ -476,12 +486,12 @@ impl<'r> Tx<'r> {
         *d = d.wrapping_add(delta);
     }
 
-    /// Marks the chains of version `stripe` as being changed, before the first change to them:
-    /// lock-free readers that started earlier see the version move and do not trust what they
-    /// read meanwhile.
-    pub(crate) fn touch(&mut self, stripe: usize) -> Result<()> {
-        let stripe = stripe % l::VERSION_STRIPES;
-        if self.touched[..self.touched_len].contains(&stripe) {
+    /// Marks the chains of directory group `group` as being changed, before the first change
+    /// to them: lock-free readers that started earlier see the version move and do not trust
+    /// what they read meanwhile.
+    pub(crate) fn touch(&mut self, group: u64) -> Result<()> {
+        let group = group & (self.region.geo.bucket_count / l::GROUP_WORDS - 1);
+        if self.touched[..self.touched_len].contains(&group) {
             return Ok(());
         }
         if self.touched_len == self.touched.len() {
@@ -489,8 +499,8 @@ impl<'r> Tx<'r> {
                 "internal: one update changed more than 4 directory chains".into(),
             ));
         }
-        self.region.bump_version(stripe);
-        self.touched[self.touched_len] = stripe;
+        self.region.bump_version(group);
+        self.touched[self.touched_len] = group;
         self.touched_len += 1;
         Ok(())
     }
@@ -534,8 +544,8 @@ impl<'r> Tx<'r> {
     }
 
     fn end(&mut self) {
-        for &stripe in &self.touched[..self.touched_len] {
-            self.region.bump_version(stripe);
+        for &group in &self.touched[..self.touched_len] {
+            self.region.bump_version(group);
         }
         self.touched_len = 0;
     }

@@ -721,7 +721,7 @@ fn an_interrupted_insert_is_invisible_to_lock_free_readers() {
             "stopped after write {stop_after}: a lock-free reader got the uncommitted entry"
         );
         // Another name is never reported missing meanwhile: found, or (when its chain shares
-        // the stripe) left to the lock, where the recovery runs first.
+        // the group) left to the lock, where the recovery runs first.
         let kept_key = b"kept";
         assert!(!matches!(
             directory::lookup_fast(&r, kept_key, directory::hash(kept_key)),
@@ -739,7 +739,7 @@ fn an_interrupted_insert_is_invisible_to_lock_free_readers() {
     arena.deallocate(kept).unwrap();
 }
 
-/// Inserting and removing a name move its chain's version stripe, so a lock-free miss seen
+/// Inserting and removing a name move its chain group's version, so a lock-free miss seen
 /// before either is not trusted afterwards (the lock-free insert shortcut relies on it).
 #[test]
 fn updates_move_their_chains_version() {
@@ -850,4 +850,36 @@ fn threads_of_one_handle_share_its_references() {
     assert!(arena.held.lock().is_empty());
     assert_eq!(arena.stats().unwrap().live_blocks, 0);
     arena.verify().unwrap();
+}
+
+/// A name's chain is chosen in two steps (the group of heads sharing a cache line with their
+/// version from the hash's low bits, the head within it from the high bits): together they
+/// must spread names as evenly as one uniform choice among all heads.
+#[test]
+fn names_spread_over_the_chains_like_random_choices() {
+    let dir = TempDir::new();
+    let arena = Arena::create("spread", &dir.options(64 << 20).expected_names(1 << 17)).unwrap();
+    let names = 50_000u64;
+    let blocks: Vec<_> = (0..names)
+        .map(|i| arena.allocate(&format!("probe-{i}"), 16).unwrap())
+        .collect();
+    let mut per_chain: HashMap<u64, u64> = HashMap::new();
+    directory::each_entry(&arena.region, |head, _| {
+        *per_chain.entry(head).or_default() += 1;
+        Ok(true)
+    })
+    .unwrap();
+    let chains = arena.info().bucket_count as f64;
+    assert_eq!(chains, ((1 << 17) / 8 * 7) as f64);
+    let expected_used = chains * (1.0 - (-(names as f64) / chains).exp());
+    let used = per_chain.len() as f64;
+    assert!(
+        (used - expected_used).abs() < 0.02 * expected_used,
+        "{used} chains used, {expected_used:.0} expected of random choices"
+    );
+    let longest = per_chain.values().max().copied().unwrap();
+    assert!(longest <= 9, "longest chain {longest}");
+    for b in blocks {
+        arena.deallocate(b).unwrap();
+    }
 }
