@@ -11,6 +11,7 @@ use super::recycle;
 use super::region::Mem;
 use super::{page_size, Arena, Block, Held, Stats, ALL};
 use crate::error::{Error, Result};
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 impl Arena {
@@ -228,7 +229,7 @@ impl Arena {
         // falls, another thread may make the name anew at this very offset.
         let mine = {
             let mut held = self.held.lock();
-            let Some(&mine) = held.get(&data) else {
+            let Entry::Occupied(mut mine) = held.entry(data) else {
                 return Err(Error::NotHeld {
                     what: format!("the block at offset {data}"),
                     detail: "this process holds no reference to it (released already, or \
@@ -237,17 +238,17 @@ impl Arena {
                         .into(),
                 });
             };
-            if self.region.load(mine.entry + l::E_DATA)? != data {
+            if self.region.load(mine.get().entry + l::E_DATA)? != data {
                 return Err(Error::Corrupted(format!(
                     "the entry of the block at offset {data} changed while this process held it"
                 )));
             }
-            if mine.count <= 1 {
-                held.remove(&data);
-            } else if let Some(h) = held.get_mut(&data) {
-                h.count -= 1;
+            if mine.get().count <= 1 {
+                mine.remove()
+            } else {
+                mine.get_mut().count -= 1;
+                *mine.get()
             }
-            mine
         };
         // Lock-free unless this was the last reference anywhere.
         if directory::drop_reference(&self.region, mine.entry, mine.generation)? {

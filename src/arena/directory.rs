@@ -90,7 +90,7 @@ pub(crate) fn checked_hash(name: &str) -> Result<u64> {
 /// The directory group of the names hashing to `h`: from the hash's low bits.
 #[inline]
 fn group_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
-    h & (r.geometry().bucket_count / l::GROUP_WORDS - 1)
+    h & (r.geometry().groups() - 1)
 }
 
 /// The offset of the chain head of the names hashing to `h`: in their group, the head chosen
@@ -509,10 +509,9 @@ fn take_slot(tx: &mut Tx) -> Result<u64> {
     Ok(chunk)
 }
 
-/// Creates a new entry holding one reference, with zeroed data; returns the entry offset.
-/// Lock-free readers see it once the update commits.
-/// Inserts `name` with one reference (pending until the update commits); returns the slot,
-/// its generation and the data offset (of `bytes` bytes, aligned to `align`).
+/// Creates the entry `name` holding one reference, with zeroed data of `bytes` bytes aligned
+/// to `align`; returns the slot, its generation and the data offset. Lock-free readers see it
+/// once the update commits.
 pub(crate) fn insert(
     tx: &mut Tx,
     name: &[u8],
@@ -677,7 +676,7 @@ pub(super) fn each_entry<M: Mem + ?Sized>(
 ) -> Result<bool> {
     let g = *r.geometry();
     let mut total = 0u64;
-    let heads = (0..g.bucket_count / l::GROUP_WORDS)
+    let heads = (0..g.groups())
         .flat_map(|group| (0..l::GROUP_HEADS).map(move |head| head_offset(&g, group, head)));
     for i in heads {
         let mut chain = Chain::new(r, i)?;

@@ -135,6 +135,6 @@ pub(crate) fn info<M: Mem + ?Sized>(r: &M) -> ArenaInfo {
         unlinked: w32(l::UNLINKED) != 0,
         label: read_str(r, l::LABEL),
         placement: read_str(r, l::PLACEMENT),
-        bucket_count: r.geometry().bucket_count / l::GROUP_WORDS * l::GROUP_HEADS,
+        bucket_count: r.geometry().groups() * l::GROUP_HEADS,
     }
 }

@@ -321,6 +321,12 @@ impl Geometry {
         }
     }
 
+    /// Groups of the directory (see [`GROUP_WORDS`]): a power of two, at least one.
+    #[inline]
+    pub(crate) fn groups(&self) -> u64 {
+        self.bucket_count / GROUP_WORDS
+    }
+
     /// Offset of the sentinel block header that ends the heap.
     pub(crate) fn sentinel(&self) -> u64 {
         self.heap_end - 16

@@ -95,16 +95,24 @@ impl Region {
 
     #[inline]
     fn word(&self, off: u64) -> Result<&AtomicU64> {
+        Ok(&self.words_at(off, 1)?[0])
+    }
+
+    /// The `n` consecutive words from `off` as atomics, checked once: aligned, and all inside
+    /// the mapping.
+    #[inline]
+    fn words_at(&self, off: u64, n: usize) -> Result<&[AtomicU64]> {
         if off % 8 != 0 {
             return Err(Error::Corrupted(format!(
                 "offset {off} is not word-aligned"
             )));
         }
-        let p = self.at(off, 8)?;
-        // SAFETY: `at` checked bounds; the mapping is 8-aligned and `off` is a multiple of 8;
-        // AtomicU64 has the layout of u64 and atomic access to shared memory is sound. The
-        // reference lives no longer than &self, within the mapping's life.
-        Ok(unsafe { &*(p as *const AtomicU64) })
+        let p = self.at(off, n as u64 * 8)?;
+        // SAFETY: `at` checked that the `n` words lie inside the mapping; the mapping is
+        // 8-aligned and `off` is a multiple of 8; AtomicU64 has the layout of u64 and atomic
+        // access to shared memory is sound. The slice lives no longer than &self, within the
+        // mapping's life.
+        Ok(unsafe { std::slice::from_raw_parts(p as *const AtomicU64, n) })
     }
 
     /// A 4-byte header field (`off` is one of layout.rs's constants, inside the header that
@@ -150,7 +158,7 @@ impl Region {
     #[inline]
     pub(crate) fn version(&self, group: u64) -> &AtomicU64 {
         let g = &self.geo;
-        let off = g.buckets_offset + (group & (g.bucket_count / l::GROUP_WORDS - 1)) * 64;
+        let off = g.buckets_offset + (group & (g.groups() - 1)) * l::GROUP_WORDS * 8;
         debug_assert!(off + 8 <= self.len);
         // SAFETY: the geometry was checked (`Geometry::read`, or made by `create`) for this
         // mapping's size: the directory's `bucket_count` words (a power of two, at least one
@@ -176,7 +184,7 @@ impl Region {
     /// process died with some odd; the new values differ from every one read before. Under the
     /// lock.
     pub(crate) fn settle_version(&self) {
-        for group in 0..self.geo.bucket_count / l::GROUP_WORDS {
+        for group in 0..self.geo.groups() {
             if self.version(group).load(Ordering::Acquire) & 1 == 1 {
                 self.bump_version(group);
             }
@@ -223,16 +231,8 @@ impl Region {
     /// once.
     #[inline]
     pub(crate) fn store_words(&self, off: u64, values: &[u64]) -> Result<()> {
-        if off % 8 != 0 {
-            return Err(Error::Corrupted(format!(
-                "offset {off} is not word-aligned"
-            )));
-        }
-        let p = self.at(off, values.len() as u64 * 8)? as *const AtomicU64;
-        for (i, &v) in values.iter().enumerate() {
-            // SAFETY: `at` checked that every word lies inside the mapping; `off` is a multiple
-            // of 8 and the mapping 8-aligned; atomic stores to shared memory.
-            unsafe { &*p.add(i) }.store(v, Ordering::Release);
+        for (word, &v) in self.words_at(off, values.len())?.iter().zip(values) {
+            word.store(v, Ordering::Release);
         }
         Ok(())
     }
@@ -335,18 +335,9 @@ impl Mem for Region {
 
     #[inline]
     fn words(&self, off: u64, out: &mut [u64]) -> Result<()> {
-        let n = out.len() as u64 * 8;
-        if off % 8 != 0 {
-            return Err(Error::Corrupted(format!(
-                "offset {off} is not word-aligned"
-            )));
-        }
-        let p = self.at(off, n)? as *const AtomicU64;
+        let words = self.words_at(off, out.len())?;
         for (i, w) in out.iter_mut().enumerate() {
-            // SAFETY: `at` checked that all `n` bytes lie inside the mapping; `off` is a
-            // multiple of 8 and the mapping 8-aligned; atomic loads of shared memory, each
-            // reference dropped at once.
-            *w = unsafe { &*p.add(i) }.load(Ordering::Acquire);
+            *w = words[i].load(Ordering::Acquire);
         }
         Ok(())
     }
@@ -486,11 +477,11 @@ impl<'r> Tx<'r> {
         *d = d.wrapping_add(delta);
     }
 
-    /// Marks the chains of directory group `group` as being changed, before the first change
-    /// to them: lock-free readers that started earlier see the version move and do not trust
-    /// what they read meanwhile.
+    /// Marks the chains of directory group `group` (below `Geometry::groups`, as
+    /// `directory::group_of` gives it) as being changed, before the first change to them:
+    /// lock-free readers that started earlier see the version move and do not trust what they
+    /// read meanwhile.
     pub(crate) fn touch(&mut self, group: u64) -> Result<()> {
-        let group = group & (self.region.geo.bucket_count / l::GROUP_WORDS - 1);
         if self.touched[..self.touched_len].contains(&group) {
             return Ok(());
         }
