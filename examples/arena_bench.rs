@@ -69,7 +69,13 @@ fn main() -> nodeshm::Result<()> {
         while live.len() < target {
             live.push(arena.allocate(&format!("live-{}", live.len()), 64)?);
         }
-        let names: Vec<String> = (0..SAMPLES).map(|i| format!("probe-{i}")).collect();
+        let distinct: usize = std::env::var("PROBE_NAMES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(SAMPLES);
+        let names: Vec<String> = (0..SAMPLES)
+            .map(|i| format!("probe-{}", i % distinct))
+            .collect();
         let mut alloc = Vec::with_capacity(SAMPLES);
         let mut find = Vec::with_capacity(SAMPLES);
         let mut dealloc = Vec::with_capacity(SAMPLES);

@@ -49,8 +49,8 @@ impl Arena {
         for _ in 0..4 {
             let slot = match directory::lookup_fast(r, key, h) {
                 Fast::Hit(slot) => slot,
-                Fast::Miss { version } => {
-                    missing = Some(version);
+                Fast::Miss { version, extent } => {
+                    missing = Some((version, extent));
                     break;
                 }
                 // Often another process creating this very name: wait for it, then take a
@@ -71,7 +71,7 @@ impl Arena {
         }
         let find_or_insert = |tx: &mut super::region::Tx| {
             let r = *tx.region();
-            let known_missing = missing.is_some_and(|v| directory::still_missing(&r, h, v));
+            let known_missing = missing.is_some_and(|(v, e)| directory::still_missing(&r, h, v, e));
             let existing = if known_missing {
                 None
             } else {

@@ -3,6 +3,11 @@
 //! slot (slots are carved from heap chunks that are never given back); its name and the user's
 //! data share one heap block. Lookups are O(1) expected.
 //!
+//! Only the groups the names need are in use ([`Extent`]): 8 at first, one more split (linear
+//! hashing) by each insert that passes one name per chain, until the whole array is. So a few
+//! names live in a few hot cache lines instead of lines scattered over a directory sized for
+//! the most names the arena may hold, each cold on a name's first use.
+//!
 //! Lookups and reference counting work without the arena lock: a reader walks the chain,
 //! validated by its group's version (odd while an update changes a chain of the group, read
 //! from the same line as the chain's head), and takes its reference
@@ -87,18 +92,93 @@ pub(crate) fn checked_hash(name: &str) -> Result<u64> {
     Ok(h)
 }
 
-/// The directory group of the names hashing to `h`: from the hash's low bits.
-#[inline]
-fn group_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
-    h & (r.geometry().groups() - 1)
+/// How many directory groups are in use (the word at [`l::EXTENT`], see [`l::Extent`]), and
+/// so which group holds the names of a hash. Read without the lock it is only a hint that
+/// the lookup validates (it is read again after the walk); under the lock it is checked
+/// ([`Extent::checked`]) before any update relies on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent(pub(crate) u64);
+
+/// Groups in use at creation (fewer if the directory has fewer): one page of cache lines
+/// would be more than a few names need, one line would make every update of any name move
+/// the version that every lookup reads.
+const FIRST_LEVEL: u32 = 3;
+
+/// Names one group may hold for a split to move them in one update (7 chains of one name
+/// each are expected; a split changes at most one link per name, within the undo log).
+const SPLIT_LIMIT: u64 = 64;
+
+impl Extent {
+    /// The extent of a new directory of `groups` groups.
+    pub(crate) fn initial(groups: u64) -> Extent {
+        Extent(u64::from(FIRST_LEVEL.min(groups.trailing_zeros())) << 32)
+    }
+    fn level(self) -> u32 {
+        // Clamped so that a damaged word cannot make a shift overflow; `checked` refuses it.
+        ((self.0 >> 32) as u32).min(40)
+    }
+    fn split(self) -> u64 {
+        self.0 & 0xffff_ffff
+    }
+    /// Groups in use.
+    pub(crate) fn groups(self) -> u64 {
+        (1u64 << self.level()) + self.split()
+    }
+    /// The group of the names hashing to `h`, from the hash's low bits; always a group of the
+    /// directory `g` (a damaged extent gives a wrong group, never an offset outside).
+    #[inline]
+    fn group_of(self, g: &Geometry, h: u64) -> u64 {
+        let low = (1u64 << self.level()) - 1;
+        let group = if h & low < self.split() {
+            h & (low << 1 | 1)
+        } else {
+            h & low
+        };
+        group & (g.groups() - 1)
+    }
+    /// The extent the directory `g` can have: below `2^32` groups, the split group inside
+    /// the current level, no more groups than the directory holds.
+    pub(crate) fn checked(word: u64, g: &Geometry) -> Result<Extent> {
+        let e = Extent(word);
+        let level = word >> 32;
+        if level >= 32 || e.split() >= 1 << level || e.groups() > g.groups() {
+            return Err(Error::Corrupted(format!(
+                "the directory says {} groups are in use (level {level}, split {}), but it has {}",
+                if level >= 32 { u64::MAX } else { e.groups() },
+                e.split(),
+                g.groups()
+            )));
+        }
+        Ok(e)
+    }
+    /// The extent after splitting its next group.
+    fn grown(self) -> Extent {
+        let (level, split) = (u64::from(self.level()), self.split() + 1);
+        if split == 1 << level {
+            Extent((level + 1) << 32)
+        } else {
+            Extent(level << 32 | split)
+        }
+    }
 }
 
-/// The offset of the chain head of the names hashing to `h`: in their group, the head chosen
+/// The extent as stored, unchecked (lock-free lookups validate by reading it again).
+#[inline]
+fn extent_hint(r: &Region) -> u64 {
+    r.header_word(l::EXTENT).load(Ordering::Acquire)
+}
+
+/// The extent, checked (under the lock, and for inspection).
+pub(crate) fn extent<M: Mem + ?Sized>(r: &M) -> Result<Extent> {
+    Extent::checked(r.load(l::EXTENT)?, r.geometry())
+}
+
+/// The offset of the chain head of the names hashing to `h` in group `group`: the head chosen
 /// by the hash's high 32 bits (a multiply-shift spreads them evenly over the 7 heads).
 #[inline]
-fn bucket_of<M: Mem + ?Sized>(r: &M, h: u64) -> u64 {
+fn bucket_in(g: &Geometry, group: u64, h: u64) -> u64 {
     let head = ((h >> 32) * l::GROUP_HEADS) >> 32;
-    head_offset(r.geometry(), group_of(r, h), head)
+    head_offset(g, group, head)
 }
 
 /// The offset of head `head` (below [`l::GROUP_HEADS`]) of group `group`.
@@ -303,7 +383,9 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
     let r = *tx.region();
     // Each round removes one zombie, so the rounds are bounded by the chain's length.
     for _ in 0..=r.geometry().max_blocks() {
-        let mut chain = Chain::new(&r, bucket_of(&r, h))?;
+        let g = r.geometry();
+        let bucket = bucket_in(g, extent(&r)?.group_of(g, h), h);
+        let mut chain = Chain::new(&r, bucket)?;
         let mut zombie = None;
         while let Some(slot) = chain.step()? {
             if slot.hash() != h || !name_matches(&r, &slot, name)? {
@@ -335,8 +417,8 @@ pub(crate) enum Fast {
     /// A live entry named so (checked again by the reference's compare-and-swap), as read.
     Hit(Slot),
     /// No such name, and no update of its chain ran meanwhile: `version` is what the chain's
-    /// group version read (see [`still_missing`]).
-    Miss { version: u64 },
+    /// group version read and `extent` the directory's extent (see [`still_missing`]).
+    Miss { version: u64, extent: u64 },
     /// An update ran meanwhile, or something looked wrong: ask again under the lock (which
     /// also reports real damage).
     Busy,
@@ -347,7 +429,12 @@ pub(crate) enum Fast {
 /// stays a slot); the caller then takes its reference with [`take_reference`], whose
 /// compare-and-swap fails if the slot changed generation or lost its last reference since.
 pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
-    let version = r.version(group_of(r, h));
+    let g = r.geometry();
+    // The extent first: a split that ends before the version is read is then seen by the
+    // second read of the extent (the split writes it before making its versions even).
+    let extent = extent_hint(r);
+    let group = Extent(extent).group_of(g, h);
+    let version = r.version(group);
     let before = version.load(Ordering::Acquire);
     if before & 1 == 1 {
         return Fast::Busy;
@@ -356,7 +443,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     // dead process committed but did not publish: only the lock can tell what to do with it.
     let mut dead = false;
     let mut walk = || -> Result<Option<Slot>> {
-        let mut chain = Chain::new(r, bucket_of(r, h))?;
+        let mut chain = Chain::new(r, bucket_in(g, group, h))?;
         while let Some(slot) = chain.step()? {
             if slot.hash() != h {
                 continue;
@@ -373,12 +460,15 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     let found = walk();
     // The walk's loads may not move past the second read of the version (a seqlock reader).
     std::sync::atomic::fence(Ordering::Acquire);
-    if version.load(Ordering::Acquire) != before {
+    if version.load(Ordering::Acquire) != before || extent_hint(r) != extent {
         return Fast::Busy;
     }
     match found {
         Ok(Some(slot)) => Fast::Hit(slot),
-        Ok(None) if !dead => Fast::Miss { version: before },
+        Ok(None) if !dead => Fast::Miss {
+            version: before,
+            extent,
+        },
         _ => Fast::Busy,
     }
 }
@@ -387,7 +477,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
 /// chain of `h` to end, so that the lookup can be tried again without the lock. False when it
 /// did not end in time (the caller then takes the lock, which waits properly).
 pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
-    let version = r.version(group_of(r, h));
+    let version = r.version(Extent(extent_hint(r)).group_of(r.geometry(), h));
     for _ in 0..512 {
         if version.load(Ordering::Acquire) & 1 == 0 {
             return true;
@@ -397,11 +487,14 @@ pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
     false
 }
 
-/// Under the lock: whether the miss that [`lookup_fast`] reported with `version` still holds
-/// (no update changed a chain of that group since; a recovery moves every odd version), so
-/// that the name can be inserted without walking its chain again.
-pub(crate) fn still_missing(r: &Region, h: u64, version: u64) -> bool {
-    r.version(group_of(r, h)).load(Ordering::Acquire) == version
+/// Under the lock: whether the miss that [`lookup_fast`] reported with `version` and `extent`
+/// still holds (no split since, and no update changed a chain of that group; a recovery moves
+/// every odd version), so that the name can be inserted without walking its chain again.
+pub(crate) fn still_missing(r: &Region, h: u64, version: u64, extent: u64) -> bool {
+    extent_hint(r) == extent
+        && r.version(Extent(extent).group_of(r.geometry(), h))
+            .load(Ordering::Acquire)
+            == version
 }
 
 /// Adds one reference to entry `e` if its state is still `seen` (same generation, live):
@@ -541,8 +634,11 @@ pub(crate) fn insert(
             (slot, heap::alloc(tx, request)?)
         }
     };
+    grow(tx)?;
+    let g = r.geometry();
+    let group = extent(&r)?.group_of(g, h);
     // Before the new slot is linked: readers of this chain see the version move.
-    tx.touch(group_of(&r, h))?;
+    tx.touch(group)?;
     let data = round_up(block + name.len() as u64, align);
     let generation = state(&r, slot)?.generation().wrapping_add(1);
     // The new generation first, pending: a reader holding this slot's offset from before now
@@ -554,7 +650,7 @@ pub(crate) fn insert(
     r.write_bytes(block, name)?;
     r.store(slot + l::E_HASH, h)?;
     r.store_words(slot + l::E_DATA, &[data, bytes, block, name.len() as u64])?;
-    let bucket = bucket_of(&r, h);
+    let bucket = bucket_in(g, group, h);
     // Logged: on a rollback this word is the free list's link again.
     tx.set(slot + l::E_NEXT, tx.get(bucket)?)?;
     tx.set(bucket, slot)?;
@@ -562,6 +658,68 @@ pub(crate) fn insert(
     tx.count(Counter::Requested, bytes);
     tx.publish_at_commit(slot + l::E_STATE);
     Ok((slot, generation, data))
+}
+
+/// Splits the next group of the directory (linear hashing) when the names, counting the one
+/// being inserted, outnumber the chains in use and the directory has groups left: the names
+/// of that group whose hash has the level's bit set move, chain by chain and keeping their
+/// order, to the same heads of the group `2^level` further, which was unused and empty.
+/// Both groups' versions move first, and the extent is written before they move again, so a
+/// lock-free lookup that read the old extent fails its validation. Every changed word is
+/// logged: a process killed halfway leaves the old directory to the rollback. A group
+/// holding more names than one update may relink ([`SPLIT_LIMIT`], far beyond what the hash
+/// gives) is left unsplit, and the directory stops growing while it is so: lookups get
+/// slower, never wrong.
+fn grow(tx: &mut Tx) -> Result<()> {
+    let r = *tx.region();
+    let g = *r.geometry();
+    let now = extent(&r)?;
+    let names = tx.get(l::LIVE_BLOCKS)?.saturating_add(1);
+    if now.groups() >= g.groups() || names <= now.groups() * l::GROUP_HEADS {
+        return Ok(());
+    }
+    let (from, bit) = (now.split(), 1u64 << now.level());
+    let to = from + bit;
+    // Each head's names, in chain order: (slot, whether it moves).
+    let mut heads = [[(0u64, false); SPLIT_LIMIT as usize]; l::GROUP_HEADS as usize];
+    let mut lens = [0usize; l::GROUP_HEADS as usize];
+    let mut total = 0;
+    for head in 0..l::GROUP_HEADS {
+        if r.load(head_offset(&g, to, head))? != 0 {
+            return Err(Error::Corrupted(format!(
+                "directory group {to} is not in use yet but holds names"
+            )));
+        }
+        let mut chain = Chain::new(&r, head_offset(&g, from, head))?;
+        while let Some(slot) = chain.step()? {
+            if total == SPLIT_LIMIT as usize {
+                return Ok(());
+            }
+            let h = head as usize;
+            heads[h][lens[h]] = (slot.at, slot.hash() & bit != 0);
+            lens[h] += 1;
+            total += 1;
+        }
+    }
+    tx.touch(from)?;
+    tx.touch(to)?;
+    for head in 0..l::GROUP_HEADS {
+        let names = &heads[head as usize][..lens[head as usize]];
+        // Two lists rebuilt from their ends: each link is written only where it changes.
+        for (moves, group) in [(false, from), (true, to)] {
+            let mut link = head_offset(&g, group, head);
+            for &(slot, _) in names.iter().filter(|n| n.1 == moves) {
+                if tx.get(link)? != slot {
+                    tx.set(link, slot)?;
+                }
+                link = slot + l::E_NEXT;
+            }
+            if tx.get(link)? != 0 {
+                tx.set(link, 0)?;
+            }
+        }
+    }
+    tx.set(l::EXTENT, now.grown().0)
 }
 
 // `insert` writes these four fields with one store of consecutive words.
@@ -581,7 +739,9 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         return Ok(());
     }
     let h = dead.hash();
-    let bucket = bucket_of(&r, h);
+    let g = r.geometry();
+    let group = extent(&r)?.group_of(g, h);
+    let bucket = bucket_in(g, group, h);
     let mut link = bucket;
     let mut chain = Chain::new(&r, bucket)?;
     loop {
@@ -593,7 +753,7 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         }
         link = x.at + l::E_NEXT;
     }
-    tx.touch(group_of(&r, h))?;
+    tx.touch(group)?;
     tx.set(link, dead.next())?;
     tx.count(Counter::LiveBlocks, 1u64.wrapping_neg());
     tx.count(Counter::Requested, dead.size().wrapping_neg());
@@ -718,13 +878,18 @@ pub(crate) fn recount(r: &Region) -> Result<()> {
 /// Checks that every entry is inside the heap, in the right bucket, and counted.
 pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
     let live = r.load(l::LIVE_BLOCKS)?;
+    let g = r.geometry();
+    // Every entry must be in the group its hash gives under this extent, so none is in an
+    // unused group.
+    let extent = extent(r)?;
     let mut seen = 0u64;
     let mut requested = 0u64;
     each_entry(r, |i, slot| {
         let info = read_entry(r, slot.at)?;
         // An entry without references is allowed: its last holder died before removing it,
         // and the next update that meets it removes it.
-        if bucket_of(r, hash(info.name.as_bytes())) != i {
+        let h = hash(info.name.as_bytes());
+        if bucket_in(g, extent.group_of(g, h), h) != i {
             return Err(Error::Corrupted(format!(
                 "entry {:?} is misfiled",
                 info.name

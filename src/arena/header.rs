@@ -136,5 +136,6 @@ pub(crate) fn info<M: Mem + ?Sized>(r: &M) -> ArenaInfo {
         label: read_str(r, l::LABEL),
         placement: read_str(r, l::PLACEMENT),
         bucket_count: r.geometry().groups() * l::GROUP_HEADS,
+        chains_in_use: super::directory::extent(r).map_or(0, |e| e.groups() * l::GROUP_HEADS),
     }
 }

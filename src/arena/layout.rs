@@ -6,7 +6,8 @@
 //! ```text
 //! 0               Header (identity, locks, heap metadata, undo log)
 //! buckets_offset  name directory: bucket_count words in 64-byte groups, each the version of
-//!                 its group then 7 heads of entry chains (u64 offsets)
+//!                 its group then 7 heads of entry chains (u64 offsets); the groups in use
+//!                 grow with the names (`Meta::extent`), the rest stay empty
 //! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]; named
 //!                 blocks hold [name][padding][data]; chunks of 32 directory slots (Entry)
 //! heap_end-16     sentinel block header (size 0, used)
@@ -17,7 +18,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -124,9 +125,22 @@ pub const GROUP_HEADS: u64 = GROUP_WORDS - 1;
 /// (they are counted in `attach_count` only).
 pub const ATTACHER_SLOTS: usize = 256;
 
+/// How many directory groups are in use: the directory grows by linear hashing, one group
+/// split per insert that passes one name per chain, up to all of its groups. A line of its
+/// own: every lock-free lookup reads it, and only a split writes it.
+#[repr(C, align(64))]
+pub struct Extent {
+    /// `level << 32 | split`: groups `0..2^level + split` are in use, and a name whose hash
+    /// gives group `g = h mod 2^level` lives in group `h mod 2^(level+1)` when `g < split`
+    /// (that group was split already).
+    pub word: u64,
+    pub reserved: [u64; 7],
+}
+
 /// Heap and directory metadata changed under the lock, one u64 word each.
 #[repr(C)]
 pub struct Meta {
+    pub extent: Extent,
     pub used: u64,
     pub high_water: u64,
     /// Everything in the heap from here to the sentinel has never been written: still zero from
@@ -185,6 +199,7 @@ pub const USER_LOCK_HOLDER: u64 = off!(user_lock.holder_pid);
 pub const UNTRACKED: u64 = off!(untracked_attachers);
 pub const RECOVERIES: u64 = off!(recoveries);
 pub const USED: u64 = off!(meta.used);
+pub const EXTENT: u64 = off!(meta.extent.word);
 pub const LIVE_BLOCKS: u64 = off!(log.live_blocks);
 pub const REQUESTED: u64 = off!(log.requested);
 pub const HIGH_WATER: u64 = off!(meta.high_water);

@@ -151,6 +151,10 @@ impl Arena {
         }
         arena.record_attacher();
         heap::init(&r)?;
+        r.store(
+            l::EXTENT,
+            super::directory::Extent::initial(r.geometry().groups()).0,
+        )?;
         r.write_bytes(l::MAGIC_OFF, &l::MAGIC)?;
         r.word32(l::INIT_STATE)
             .store(l::INIT_READY, std::sync::atomic::Ordering::Release);

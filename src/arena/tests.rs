@@ -748,20 +748,20 @@ fn updates_move_their_chains_version() {
     let r = arena.region;
     let key = b"versioned";
     let h = directory::hash(key);
-    let directory::Fast::Miss { version } = directory::lookup_fast(&r, key, h) else {
+    let directory::Fast::Miss { version, extent } = directory::lookup_fast(&r, key, h) else {
         panic!("a new arena has no such name");
     };
     assert_eq!(version % 2, 0);
     let b = arena.allocate("versioned", 64).unwrap();
     assert!(
-        !directory::still_missing(&r, h, version),
+        !directory::still_missing(&r, h, version, extent),
         "the insert moved it"
     );
     let directory::Fast::Hit(_) = directory::lookup_fast(&r, key, h) else {
         panic!("found without the lock after the insert");
     };
     arena.deallocate(b).unwrap();
-    let directory::Fast::Miss { version: after } = directory::lookup_fast(&r, key, h) else {
+    let directory::Fast::Miss { version: after, .. } = directory::lookup_fast(&r, key, h) else {
         panic!("gone after the last reference");
     };
     assert!(
@@ -854,12 +854,13 @@ fn threads_of_one_handle_share_its_references() {
 
 /// A name's chain is chosen in two steps (the group of heads sharing a cache line with their
 /// version from the hash's low bits, the head within it from the high bits): together they
-/// must spread names as evenly as one uniform choice among all heads.
+/// must spread names as evenly as one uniform choice among all heads, once the directory has
+/// grown to all of them.
 #[test]
 fn names_spread_over_the_chains_like_random_choices() {
     let dir = TempDir::new();
-    let arena = Arena::create("spread", &dir.options(64 << 20).expected_names(1 << 17)).unwrap();
-    let names = 50_000u64;
+    let arena = Arena::create("spread", &dir.options(64 << 20).expected_names(1 << 14)).unwrap();
+    let names = 20_000u64;
     let blocks: Vec<_> = (0..names)
         .map(|i| arena.allocate(&format!("probe-{i}"), 16).unwrap())
         .collect();
@@ -869,8 +870,13 @@ fn names_spread_over_the_chains_like_random_choices() {
         Ok(true)
     })
     .unwrap();
-    let chains = arena.info().bucket_count as f64;
-    assert_eq!(chains, ((1 << 17) / 8 * 7) as f64);
+    let info = arena.info();
+    assert_eq!(
+        info.chains_in_use, info.bucket_count,
+        "grown to the whole directory"
+    );
+    let chains = info.bucket_count as f64;
+    assert_eq!(chains, ((1 << 14) / 8 * 7) as f64);
     let expected_used = chains * (1.0 - (-(names as f64) / chains).exp());
     let used = per_chain.len() as f64;
     assert!(
@@ -878,8 +884,139 @@ fn names_spread_over_the_chains_like_random_choices() {
         "{used} chains used, {expected_used:.0} expected of random choices"
     );
     let longest = per_chain.values().max().copied().unwrap();
-    assert!(longest <= 9, "longest chain {longest}");
+    assert!(longest <= 10, "longest chain {longest}");
     for b in blocks {
         arena.deallocate(b).unwrap();
     }
+}
+
+/// The directory grows with the names, one chain per name (from 56), and keeps every name
+/// findable, with and without the lock, while groups split; it stops at its size.
+#[test]
+fn the_directory_grows_with_the_names() {
+    let dir = TempDir::new();
+    let arena = Arena::create("grow", &dir.options(64 << 20).expected_names(1 << 12)).unwrap();
+    let r = arena.region;
+    let full = arena.info().bucket_count;
+    assert_eq!(arena.info().chains_in_use, 8 * l::GROUP_HEADS);
+    let mut blocks = Vec::new();
+    for i in 0..6000u64 {
+        blocks.push(arena.allocate(&format!("grow-{i}"), 16).unwrap());
+        let chains = arena.info().chains_in_use;
+        assert!(
+            chains >= (i + 1).min(full) && chains <= (i + 1 + l::GROUP_HEADS).max(56).min(full),
+            "{chains} chains for {} names",
+            i + 1
+        );
+        if i % 97 == 0 || i < 200 {
+            arena.verify().unwrap();
+            for j in (0..=i).step_by(7) {
+                let key = format!("grow-{j}");
+                let h = directory::hash(key.as_bytes());
+                assert!(
+                    matches!(
+                        directory::lookup_fast(&r, key.as_bytes(), h),
+                        directory::Fast::Hit(_)
+                    ),
+                    "{key} after {} names",
+                    i + 1
+                );
+            }
+        }
+    }
+    assert_eq!(arena.info().chains_in_use, full);
+    for (i, b) in blocks.into_iter().enumerate() {
+        if i % 2 == 0 {
+            arena.deallocate(b).unwrap();
+        } else {
+            let again = arena.find(&format!("grow-{i}")).unwrap().unwrap();
+            assert_eq!(again.offset(), b.offset());
+            arena.deallocate(again).unwrap();
+            arena.deallocate(b).unwrap();
+        }
+    }
+    assert_eq!(arena.info().chains_in_use, full, "it never shrinks");
+    arena.verify().unwrap();
+}
+
+/// An insert that splits a group, stopped after any of its writes (as by a killed process),
+/// is rolled back to the directory as it was: same extent, every name in its chain, none
+/// found missing without the lock meanwhile.
+#[test]
+fn an_interrupted_split_is_rolled_back_at_any_point() {
+    let dir = TempDir::new();
+    let arena = Arena::create("split", &dir.options(4 << 20)).unwrap();
+    let r = arena.region;
+    // Exactly as many names as chains in use: the next insert splits group 0.
+    let names = arena.info().chains_in_use;
+    let blocks: Vec<_> = (0..names)
+        .map(|i| arena.allocate(&format!("s-{i}"), 32).unwrap())
+        .collect();
+    let before = arena.entries().unwrap();
+    let extent = r.load(l::EXTENT).unwrap();
+    let key = b"splitter";
+    let mut completed = false;
+    for stop_after in 1..120u64 {
+        let mut tx = Tx::begin(&r);
+        tx.limit = Some(stop_after);
+        let done = directory::insert(&mut tx, key, directory::hash(key), 32, 64).is_ok();
+        std::mem::forget(tx); // killed here
+                              // Lock-free readers never miss a committed name while the split is half done.
+        for i in 0..names {
+            let k = format!("s-{i}");
+            assert!(
+                !matches!(
+                    directory::lookup_fast(&r, k.as_bytes(), directory::hash(k.as_bytes())),
+                    directory::Fast::Miss { .. }
+                ),
+                "{k} missing, stopped after write {stop_after}"
+            );
+        }
+        lock::recover(&r).unwrap();
+        completed |= done;
+        arena
+            .verify()
+            .unwrap_or_else(|e| panic!("stopped at write {stop_after}: {e}"));
+        assert_eq!(arena.entries().unwrap(), before, "{stop_after}");
+        assert_eq!(r.load(l::EXTENT).unwrap(), extent, "{stop_after}");
+    }
+    assert!(completed, "every stopping point was tried");
+    // And done for real, the split holds.
+    let b = arena.allocate("splitter", 32).unwrap();
+    assert_eq!(arena.info().chains_in_use, names + l::GROUP_HEADS);
+    arena.verify().unwrap();
+    for (i, x) in blocks.into_iter().enumerate() {
+        assert!(arena.find(&format!("s-{i}")).unwrap().is_some_and(|f| {
+            let same = f.offset() == x.offset();
+            arena.deallocate(f).unwrap();
+            same
+        }));
+        arena.deallocate(x).unwrap();
+    }
+    arena.deallocate(b).unwrap();
+}
+
+/// A damaged extent is an error under the lock that says what it holds, and never sends a
+/// lookup outside the directory.
+#[test]
+fn a_damaged_extent_is_an_error() {
+    let dir = TempDir::new();
+    let arena = Arena::create("extent", &dir.options(1 << 20)).unwrap();
+    let kept = arena.allocate("kept", 64).unwrap();
+    let r = arena.region;
+    for bad in [u64::MAX, 40 << 32, (3 << 32) | 8, 30 << 32] {
+        r.store(l::EXTENT, bad).unwrap();
+        let key = b"other";
+        let _ = directory::lookup_fast(&r, key, directory::hash(key));
+        let err = arena.allocate("other", 64).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupted(m) if m.contains("groups are in use")),
+            "{bad:#x}: {err}"
+        );
+        assert!(arena.verify().is_err());
+        assert_eq!(arena.info().chains_in_use, 0);
+    }
+    r.store(l::EXTENT, 3 << 32).unwrap();
+    arena.verify().unwrap();
+    arena.deallocate(kept).unwrap();
 }
