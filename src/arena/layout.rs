@@ -126,7 +126,7 @@ pub const GROUP_HEADS: u64 = GROUP_WORDS - 1;
 pub const ATTACHER_SLOTS: usize = 256;
 
 /// How many directory groups are in use: the directory grows by linear hashing, one group
-/// split per insert that passes one name per chain, up to all of its groups. A line of its
+/// split per insert that leaves fewer than 4 chains per name, up to all of its groups. A line of its
 /// own: every lock-free lookup reads it, and only a split writes it.
 #[repr(C, align(64))]
 pub struct Extent {

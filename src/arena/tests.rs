@@ -890,7 +890,7 @@ fn names_spread_over_the_chains_like_random_choices() {
     }
 }
 
-/// The directory grows with the names, one chain per name (from 56), and keeps every name
+/// The directory grows with the names, four chains per name (from 56), and keeps every name
 /// findable, with and without the lock, while groups split; it stops at its size.
 #[test]
 fn the_directory_grows_with_the_names() {
@@ -903,8 +903,9 @@ fn the_directory_grows_with_the_names() {
     for i in 0..6000u64 {
         blocks.push(arena.allocate(&format!("grow-{i}"), 16).unwrap());
         let chains = arena.info().chains_in_use;
+        let want = (i + 1) * directory::CHAINS_PER_NAME;
         assert!(
-            chains >= (i + 1).min(full) && chains <= (i + 1 + l::GROUP_HEADS).max(56).min(full),
+            chains >= want.min(full) && chains <= (want + l::GROUP_HEADS).max(56).min(full),
             "{chains} chains for {} names",
             i + 1
         );
@@ -947,8 +948,8 @@ fn an_interrupted_split_is_rolled_back_at_any_point() {
     let dir = TempDir::new();
     let arena = Arena::create("split", &dir.options(4 << 20)).unwrap();
     let r = arena.region;
-    // Exactly as many names as chains in use: the next insert splits group 0.
-    let names = arena.info().chains_in_use;
+    // Exactly as many names as the chains in use take: the next insert splits group 0.
+    let names = arena.info().chains_in_use / directory::CHAINS_PER_NAME;
     let blocks: Vec<_> = (0..names)
         .map(|i| arena.allocate(&format!("s-{i}"), 32).unwrap())
         .collect();
@@ -983,7 +984,10 @@ fn an_interrupted_split_is_rolled_back_at_any_point() {
     assert!(completed, "every stopping point was tried");
     // And done for real, the split holds.
     let b = arena.allocate("splitter", 32).unwrap();
-    assert_eq!(arena.info().chains_in_use, names + l::GROUP_HEADS);
+    assert_eq!(
+        arena.info().chains_in_use,
+        names * directory::CHAINS_PER_NAME + l::GROUP_HEADS
+    );
     arena.verify().unwrap();
     for (i, x) in blocks.into_iter().enumerate() {
         assert!(arena.find(&format!("s-{i}")).unwrap().is_some_and(|f| {
