@@ -254,7 +254,10 @@ impl Arena {
         if directory::drop_reference(&self.region, mine.entry, mine.generation)? {
             // If this fails (or the process dies first), the entry stays without references
             // until the next update that meets it removes it.
-            self.locked(|tx| directory::remove_dead(tx, mine.entry, mine.generation))?;
+            self.locked(|tx| {
+                directory::remove_dead(tx, mine.entry, mine.generation)?;
+                directory::shrink(tx)
+            })?;
         }
         Ok(())
     }

@@ -4,9 +4,10 @@
 //! data share one heap block. Lookups are O(1) expected.
 //!
 //! Only the groups the names need are in use ([`Extent`]): 8 at first, one more split (linear
-//! hashing) by each insert that leaves fewer than 4 chains per name, until the whole array is. So a few
-//! names live in a few hot cache lines instead of lines scattered over a directory sized for
-//! the most names the arena may hold, each cold on a name's first use.
+//! hashing) by each insert that leaves fewer than 4 chains per name, until the whole array
+//! is, and one merged back by each removal that leaves more than 16. So a few names live in a
+//! few hot cache lines instead of lines scattered over a directory sized for the most names
+//! the arena may hold, each cold on a name's first use.
 //!
 //! Lookups and reference counting work without the arena lock: a reader walks the chain,
 //! validated by its group's version (odd while an update changes a chain of the group, read
@@ -110,6 +111,11 @@ const FIRST_LEVEL: u32 = 3;
 /// the whole directory of a million chains; with up to 1,000 names 130-150 ns in all).
 pub(crate) const CHAINS_PER_NAME: u64 = 4;
 
+/// The directory gives its last group back when the chains in use outnumber the live names
+/// this many times: 4 times as many as it grows to keep, so that names coming and going
+/// around one count do not split and merge a group every time.
+const SHRINK_AT_CHAINS_PER_NAME: u64 = 4 * CHAINS_PER_NAME;
+
 /// Names one group may hold for a split to move them in one update (7 chains of one name
 /// each are expected; a split changes at most one link per name, within the undo log).
 const SPLIT_LIMIT: u64 = 64;
@@ -156,6 +162,15 @@ impl Extent {
             )));
         }
         Ok(e)
+    }
+    /// The extent before its last split (the caller checked that there was one).
+    fn shrunk(self) -> Extent {
+        let (level, split) = (u64::from(self.level()), self.split());
+        if split == 0 {
+            Extent((level - 1) << 32 | ((1 << (level - 1)) - 1))
+        } else {
+            Extent(level << 32 | (split - 1))
+        }
     }
     /// The extent after splitting its next group.
     fn grown(self) -> Extent {
@@ -729,6 +744,74 @@ fn grow(tx: &mut Tx) -> Result<()> {
         }
     }
     tx.set(l::EXTENT, now.grown().0)
+}
+
+/// Undoes the last splits (merges the last group in use back into the group it was split
+/// from), up to [`MERGES_PER_REMOVAL`] of them, while the live names have more than
+/// [`SHRINK_AT_CHAINS_PER_NAME`] chains each, down to the directory's first size: the names
+/// of each chain of the last group go, in their order, in front of the same chain of the
+/// other group, so that a directory that once held many names gets small and hot again.
+/// Called after a removal, under the lock, logged and validated like [`grow`].
+pub(crate) fn shrink(tx: &mut Tx) -> Result<()> {
+    for _ in 0..MERGES_PER_REMOVAL {
+        if !merge_last(tx)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Merges per removal: enough that the chains in use follow the names down (3 groups are 21
+/// chains, more than the 16 a name stands for), few enough for one update (each merge
+/// moves two group versions and logs at most 22 words).
+const MERGES_PER_REMOVAL: usize = 3;
+
+/// One merge of [`shrink`]; false when none was due (or the last group holds too many names
+/// to move in one update).
+fn merge_last(tx: &mut Tx) -> Result<bool> {
+    let r = *tx.region();
+    let g = *r.geometry();
+    let now = extent(&r)?;
+    // The removal that calls this has not committed its count yet.
+    let names = tx.get(l::LIVE_BLOCKS)?.saturating_sub(1);
+    let chains = now.groups() * l::GROUP_HEADS;
+    if now.groups() <= Extent::initial(g.groups()).groups()
+        || names.saturating_mul(SHRINK_AT_CHAINS_PER_NAME) >= chains
+    {
+        return Ok(false);
+    }
+    let before = now.shrunk();
+    let (last, into) = (before.groups(), before.split());
+    // Each head's first and last name in the group given back.
+    let mut ends = [(0u64, 0u64); l::GROUP_HEADS as usize];
+    let mut total = 0;
+    for head in 0..l::GROUP_HEADS {
+        let mut chain = Chain::new(&r, head_offset(&g, last, head))?;
+        while let Some(slot) = chain.step()? {
+            total += 1;
+            if total > SPLIT_LIMIT {
+                return Ok(false);
+            }
+            let end = &mut ends[head as usize];
+            if end.0 == 0 {
+                end.0 = slot.at;
+            }
+            end.1 = slot.at;
+        }
+    }
+    tx.touch(into)?;
+    tx.touch(last)?;
+    for (head, &(first, tail)) in (0..l::GROUP_HEADS).zip(&ends) {
+        if first == 0 {
+            continue;
+        }
+        let to = head_offset(&g, into, head);
+        tx.set(tail + l::E_NEXT, tx.get(to)?)?;
+        tx.set(to, first)?;
+        tx.set(head_offset(&g, last, head), 0)?;
+    }
+    tx.set(l::EXTENT, before.0)?;
+    Ok(true)
 }
 
 // `insert` writes these four fields with one store of consecutive words.

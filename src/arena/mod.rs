@@ -112,8 +112,8 @@ pub struct ArenaInfo {
     /// Chains of the name directory (7 of every 8 of its words; the 8th is a version): the
     /// most it grows to.
     pub bucket_count: u64,
-    /// Chains in use now: they grow with the names (four chains per live name, at least 56),
-    /// up to `bucket_count`, and never shrink. 0 if the directory's extent is damaged.
+    /// Chains in use now: they follow the live names (four to sixteen chains per name, at
+    /// least 56, at most `bucket_count`). 0 if the directory's extent is damaged.
     pub chains_in_use: u64,
 }
 

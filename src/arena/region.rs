@@ -393,7 +393,7 @@ pub(crate) struct Tx<'r> {
     deltas: [u64; 3],
     /// Directory groups whose version this update made odd (the chains it changes), made
     /// even at its end.
-    touched: [u64; 4],
+    touched: [u64; 8],
     touched_len: usize,
     /// A slot whose new generation becomes visible to lock-free readers at commit.
     publish: Option<u64>,
@@ -409,7 +409,7 @@ impl<'r> Tx<'r> {
             region,
             len: 0,
             deltas: [0; 3],
-            touched: [0; 4],
+            touched: [0; 8],
             touched_len: 0,
             publish: None,
             #[cfg(test)]
@@ -487,7 +487,7 @@ impl<'r> Tx<'r> {
         }
         if self.touched_len == self.touched.len() {
             return Err(Error::Corrupted(
-                "internal: one update changed more than 4 directory chains".into(),
+                "internal: one update changed more than 8 directory groups".into(),
             ));
         }
         self.region.bump_version(group);

@@ -891,7 +891,8 @@ fn names_spread_over_the_chains_like_random_choices() {
 }
 
 /// The directory grows with the names, four chains per name (from 56), and keeps every name
-/// findable, with and without the lock, while groups split; it stops at its size.
+/// findable, with and without the lock, while groups split; it stops at its size; it shrinks
+/// back as the names go, keeping the rest findable while groups merge.
 #[test]
 fn the_directory_grows_with_the_names() {
     let dir = TempDir::new();
@@ -936,7 +937,94 @@ fn the_directory_grows_with_the_names() {
             arena.deallocate(b).unwrap();
         }
     }
-    assert_eq!(arena.info().chains_in_use, full, "it never shrinks");
+    // Names are released in order, so the rest must stay findable as groups merge.
+    let mut rest: Vec<_> = (0..6000u64)
+        .map(|i| arena.allocate(&format!("again-{i}"), 16).unwrap())
+        .collect();
+    assert_eq!(arena.info().chains_in_use, full);
+    let mut step = 0;
+    while let Some(b) = rest.pop() {
+        arena.deallocate(b).unwrap();
+        let (names, chains) = (rest.len() as u64, arena.info().chains_in_use);
+        assert!(
+            chains <= (names * 16 + 3 * l::GROUP_HEADS).max(56),
+            "{chains} chains for {names} names"
+        );
+        step += 1;
+        if step % 101 == 0 || names < 50 {
+            arena.verify().unwrap();
+            for j in (0..names).step_by(11) {
+                let key = format!("again-{j}");
+                let h = directory::hash(key.as_bytes());
+                assert!(matches!(
+                    directory::lookup_fast(&r, key.as_bytes(), h),
+                    directory::Fast::Hit(_)
+                ));
+            }
+        }
+    }
+    assert_eq!(arena.info().chains_in_use, 56, "back to its first size");
+    arena.verify().unwrap();
+}
+
+/// A removal that merges groups back, stopped after any of its writes (as by a killed
+/// process), is rolled back to the directory as it was, and no name goes missing for
+/// lock-free readers meanwhile.
+#[test]
+fn an_interrupted_merge_is_rolled_back_at_any_point() {
+    let dir = TempDir::new();
+    let arena = Arena::create("merge", &dir.options(8 << 20)).unwrap();
+    let r = arena.region;
+    let blocks: Vec<_> = (0..10u64)
+        .map(|i| arena.allocate(&format!("m-{i}"), 32).unwrap())
+        .collect();
+    // Many more names, removed without merging: the directory stays grown for 10 names.
+    let gone: Vec<_> = (0..200u64)
+        .map(|i| zombie(&arena, &format!("gone-{i}"), 32))
+        .collect();
+    for (entry, generation) in gone {
+        let mut tx = Tx::begin(&r);
+        directory::remove_dead(&mut tx, entry, generation).unwrap();
+        tx.commit();
+    }
+    assert!(arena.info().chains_in_use > 16 * 10);
+    let (entry, generation) = zombie(&arena, "victim", 32);
+    let extent = r.load(l::EXTENT).unwrap();
+    let before = arena.entries().unwrap();
+    let mut completed = false;
+    for stop_after in 1..120u64 {
+        let mut tx = Tx::begin(&r);
+        tx.limit = Some(stop_after);
+        let done = directory::remove_dead(&mut tx, entry, generation)
+            .and_then(|()| directory::shrink(&mut tx))
+            .is_ok()
+            && r.load(l::EXTENT).unwrap() != extent;
+        std::mem::forget(tx); // killed here
+        for i in 0..blocks.len() {
+            let k = format!("m-{i}");
+            assert!(
+                !matches!(
+                    directory::lookup_fast(&r, k.as_bytes(), directory::hash(k.as_bytes())),
+                    directory::Fast::Miss { .. }
+                ),
+                "{k} missing, stopped after write {stop_after}"
+            );
+        }
+        lock::recover(&r).unwrap();
+        completed |= done;
+        arena
+            .verify()
+            .unwrap_or_else(|e| panic!("stopped at write {stop_after}: {e}"));
+        assert_eq!(arena.entries().unwrap(), before, "{stop_after}");
+        assert_eq!(r.load(l::EXTENT).unwrap(), extent, "{stop_after}");
+    }
+    assert!(
+        completed,
+        "every stopping point was tried, and the last merged"
+    );
+    for b in blocks {
+        arena.deallocate(b).unwrap();
+    }
     arena.verify().unwrap();
 }
 
