@@ -150,18 +150,24 @@ impl Extent {
     }
     /// The extent the directory `g` can have: below `2^32` groups, the split group inside
     /// the current level, no more groups than the directory holds.
+    #[inline]
     pub(crate) fn checked(word: u64, g: &Geometry) -> Result<Extent> {
         let e = Extent(word);
         let level = word >> 32;
         if level >= 32 || e.split() >= 1 << level || e.groups() > g.groups() {
-            return Err(Error::Corrupted(format!(
-                "the directory says {} groups are in use (level {level}, split {}), but it has {}",
-                if level >= 32 { u64::MAX } else { e.groups() },
-                e.split(),
-                g.groups()
-            )));
+            return Err(e.damaged(g));
         }
         Ok(e)
+    }
+    #[cold]
+    fn damaged(self, g: &Geometry) -> Error {
+        let level = self.0 >> 32;
+        Error::Corrupted(format!(
+            "the directory says {} groups are in use (level {level}, split {}), but it has {}",
+            if level >= 32 { u64::MAX } else { self.groups() },
+            self.split(),
+            g.groups()
+        ))
     }
     /// The extent before its last split (the caller checked that there was one).
     fn shrunk(self) -> Extent {
@@ -189,9 +195,15 @@ fn extent_hint(r: &Region) -> u64 {
     r.header_word(l::EXTENT).load(Ordering::Acquire)
 }
 
-/// The extent, checked (under the lock, and for inspection).
+/// The extent, checked (for verification and inspection, which may read a copy).
 pub(crate) fn extent<M: Mem + ?Sized>(r: &M) -> Result<Extent> {
     Extent::checked(r.load(l::EXTENT)?, r.geometry())
+}
+
+/// The extent of the mapped arena, checked (under the lock, before an update relies on it).
+#[inline]
+fn current_extent(r: &Region) -> Result<Extent> {
+    Extent::checked(extent_hint(r), r.geometry())
 }
 
 /// The offset of the chain head of the names hashing to `h` in group `group`: the head chosen
@@ -405,7 +417,7 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
     // Each round removes one zombie, so the rounds are bounded by the chain's length.
     for _ in 0..=r.geometry().max_blocks() {
         let g = r.geometry();
-        let bucket = bucket_in(g, extent(&r)?.group_of(g, h), h);
+        let bucket = bucket_in(g, current_extent(&r)?.group_of(g, h), h);
         let mut chain = Chain::new(&r, bucket)?;
         let mut zombie = None;
         while let Some(slot) = chain.step()? {
@@ -657,7 +669,7 @@ pub(crate) fn insert(
     };
     grow(tx)?;
     let g = r.geometry();
-    let group = extent(&r)?.group_of(g, h);
+    let group = current_extent(&r)?.group_of(g, h);
     // Before the new slot is linked: readers of this chain see the version move.
     tx.touch(group)?;
     let data = round_up(block + name.len() as u64, align);
@@ -692,16 +704,31 @@ pub(crate) fn insert(
 /// holding more names than one update may relink ([`SPLIT_LIMIT`], far beyond what the hash
 /// gives) is left unsplit, and the directory stops growing while it is so: lookups get
 /// slower, never wrong.
+#[inline]
 fn grow(tx: &mut Tx) -> Result<()> {
     let r = *tx.region();
-    let g = *r.geometry();
-    let now = extent(&r)?;
-    let names = tx.get(l::LIVE_BLOCKS)?.saturating_add(1);
-    if now.groups() >= g.groups()
+    let now = current_extent(&r)?;
+    let names = live_names(&r).saturating_add(1);
+    if now.groups() >= r.geometry().groups()
         || names.saturating_mul(CHAINS_PER_NAME) <= now.groups() * l::GROUP_HEADS
     {
         return Ok(());
     }
+    split_next(tx, now)
+}
+
+/// The live names as last committed (the count of the update running is not in it yet).
+#[inline]
+fn live_names(r: &Region) -> u64 {
+    r.header_word(l::LIVE_BLOCKS).load(Ordering::Relaxed)
+}
+
+/// The split of [`grow`], out of line: its lists take a few KiB of stack, which every insert
+/// would otherwise reserve (and probe) whether it splits or not.
+#[inline(never)]
+fn split_next(tx: &mut Tx, now: Extent) -> Result<()> {
+    let r = *tx.region();
+    let g = *r.geometry();
     let (from, bit) = (now.split(), 1u64 << now.level());
     let to = from + bit;
     // Each head's names, in chain order: (slot, whether it moves).
@@ -752,13 +779,28 @@ fn grow(tx: &mut Tx) -> Result<()> {
 /// of each chain of the last group go, in their order, in front of the same chain of the
 /// other group, so that a directory that once held many names gets small and hot again.
 /// Called after a removal, under the lock, logged and validated like [`grow`].
+#[inline]
 pub(crate) fn shrink(tx: &mut Tx) -> Result<()> {
+    let r = *tx.region();
+    if !merge_due(&r, current_extent(&r)?) {
+        return Ok(());
+    }
     for _ in 0..MERGES_PER_REMOVAL {
         if !merge_last(tx)? {
             break;
         }
     }
     Ok(())
+}
+
+/// Whether the directory `now` is larger than its first size and has more than
+/// [`SHRINK_AT_CHAINS_PER_NAME`] chains per live name (the removal running has not committed
+/// its count yet: one fewer).
+#[inline]
+fn merge_due(r: &Region, now: Extent) -> bool {
+    let names = live_names(r).saturating_sub(1);
+    now.groups() > Extent::initial(r.geometry().groups()).groups()
+        && names.saturating_mul(SHRINK_AT_CHAINS_PER_NAME) < now.groups() * l::GROUP_HEADS
 }
 
 /// Merges per removal: enough that the chains in use follow the names down (3 groups are 21
@@ -768,16 +810,12 @@ const MERGES_PER_REMOVAL: usize = 3;
 
 /// One merge of [`shrink`]; false when none was due (or the last group holds too many names
 /// to move in one update).
+#[inline(never)]
 fn merge_last(tx: &mut Tx) -> Result<bool> {
     let r = *tx.region();
     let g = *r.geometry();
-    let now = extent(&r)?;
-    // The removal that calls this has not committed its count yet.
-    let names = tx.get(l::LIVE_BLOCKS)?.saturating_sub(1);
-    let chains = now.groups() * l::GROUP_HEADS;
-    if now.groups() <= Extent::initial(g.groups()).groups()
-        || names.saturating_mul(SHRINK_AT_CHAINS_PER_NAME) >= chains
-    {
+    let now = current_extent(&r)?;
+    if !merge_due(&r, now) {
         return Ok(false);
     }
     let before = now.shrunk();
@@ -832,7 +870,7 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
     }
     let h = dead.hash();
     let g = r.geometry();
-    let group = extent(&r)?.group_of(g, h);
+    let group = current_extent(&r)?.group_of(g, h);
     let bucket = bucket_in(g, group, h);
     let mut link = bucket;
     let mut chain = Chain::new(&r, bucket)?;
