@@ -78,7 +78,9 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
     let world = ctx.world;
     let rank = world.rank();
     let samples = if ctx.quick { 2_000 } else { 20_000 };
-    let traits = Traits::new(256 * MIB).expected_names(1 << 18);
+    // Up to 180,000 names live at once (100,000 plus 4 ranks' 20,000): a directory of 2^20
+    // words (8 MiB) gives them the 4 chains each that the directory grows to keep.
+    let traits = Traits::new(256 * MIB).expected_names(1 << 20);
     let alloc = ctx
         .rm
         .make_resource("SHARED::names", traits)
