@@ -1112,3 +1112,28 @@ fn a_damaged_extent_is_an_error() {
     arena.verify().unwrap();
     arena.deallocate(kept).unwrap();
 }
+
+/// A chain that loops (damage) ends a lock-free lookup after a bounded walk, which leaves the
+/// name to the lock, where the walk with cycle detection reports it.
+#[test]
+fn a_looping_chain_ends_the_lock_free_walk() {
+    let dir = TempDir::new();
+    let arena = Arena::create("loop", &dir.options(1 << 20)).unwrap();
+    let b = arena.allocate("a", 64).unwrap();
+    let r = arena.region;
+    let (entry, _) = live_entry(&arena, "a");
+    let h = directory::hash(b"a");
+    // The slot now points at itself, and its hash no longer matches its name's.
+    r.store(entry + l::E_NEXT, entry).unwrap();
+    r.store(entry + l::E_HASH, !h).unwrap();
+    assert_eq!(directory::lookup_fast(&r, b"a", h), directory::Fast::Busy);
+    let err = arena.find("a").unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupted(m) if m.contains("does not end")),
+        "{err}"
+    );
+    r.store(entry + l::E_NEXT, 0).unwrap();
+    r.store(entry + l::E_HASH, h).unwrap();
+    arena.deallocate(b).unwrap();
+    arena.verify().unwrap();
+}
