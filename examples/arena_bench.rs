@@ -31,13 +31,13 @@ fn main() -> nodeshm::Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    // `--expected-names N`: directory reservation (as the MPI benchmark's arena: 2^20, 4 chains
-    // per name at 100,000 live names and more; the directory uses what the live names need).
+    // `--expected-names N`: directory reservation (as the MPI benchmark's arena: 2^18; the
+    // directory uses what the live names need, up to 4 chains per name).
     let expected: u64 = std::env::args()
         .skip_while(|a| a != "--expected-names")
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1 << 20);
+        .unwrap_or(1 << 18);
     let name = format!("nodeshm-bench-{}", std::process::id());
     let arena = Arena::create(
         &name,

@@ -113,9 +113,8 @@ impl Traits {
     }
 
     /// Reserve a name directory for about this many live names (8 bytes each; see
-    /// [`crate::arena::Options::expected_names`]): the directory uses four chains per live
-    /// name up to this reservation, so reserving four times the names you expect keeps
-    /// lookups of missing names from walking chains.
+    /// [`crate::arena::Options::expected_names`]): the directory uses up to four chains per
+    /// live name within this reservation.
     pub fn expected_names(mut self, names: u64) -> Self {
         self.expected_names = Some(names);
         self
