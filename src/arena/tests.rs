@@ -990,36 +990,16 @@ fn an_interrupted_merge_is_rolled_back_at_any_point() {
     assert!(arena.info().chains_in_use > 16 * 10);
     let (entry, generation) = zombie(&arena, "victim", 32);
     let extent = r.load(l::EXTENT).unwrap();
-    let before = arena.entries().unwrap();
-    let mut completed = false;
-    for stop_after in 1..120u64 {
-        let mut tx = Tx::begin(&r);
-        tx.limit = Some(stop_after);
-        let done = directory::remove_dead(&mut tx, entry, generation)
-            .and_then(|()| directory::shrink(&mut tx))
-            .is_ok()
-            && r.load(l::EXTENT).unwrap() != extent;
-        std::mem::forget(tx); // killed here
-        for i in 0..blocks.len() {
-            let k = format!("m-{i}");
-            assert!(
-                !matches!(
-                    directory::lookup_fast(&r, k.as_bytes(), directory::hash(k.as_bytes())),
-                    directory::Fast::Miss { .. }
-                ),
-                "{k} missing, stopped after write {stop_after}"
-            );
+    let merge = |tx: &mut Tx| {
+        directory::remove_dead(tx, entry, generation)?;
+        directory::shrink(tx)?;
+        match r.load(l::EXTENT)? {
+            now if now != extent => Ok(()),
+            _ => Err(Error::Corrupted("test: no merge".into())),
         }
-        lock::recover(&r).unwrap();
-        completed |= done;
-        arena
-            .verify()
-            .unwrap_or_else(|e| panic!("stopped at write {stop_after}: {e}"));
-        assert_eq!(arena.entries().unwrap(), before, "{stop_after}");
-        assert_eq!(r.load(l::EXTENT).unwrap(), extent, "{stop_after}");
-    }
+    };
     assert!(
-        completed,
+        killed_at_every_write(&arena, "m-", blocks.len() as u64, &merge),
         "every stopping point was tried, and the last merged"
     );
     for b in blocks {
@@ -1035,41 +1015,17 @@ fn an_interrupted_merge_is_rolled_back_at_any_point() {
 fn an_interrupted_split_is_rolled_back_at_any_point() {
     let dir = TempDir::new();
     let arena = Arena::create("split", &dir.options(4 << 20)).unwrap();
-    let r = arena.region;
     // Exactly as many names as the chains in use take: the next insert splits group 0.
     let names = arena.info().chains_in_use / directory::CHAINS_PER_NAME;
     let blocks: Vec<_> = (0..names)
         .map(|i| arena.allocate(&format!("s-{i}"), 32).unwrap())
         .collect();
-    let before = arena.entries().unwrap();
-    let extent = r.load(l::EXTENT).unwrap();
     let key = b"splitter";
-    let mut completed = false;
-    for stop_after in 1..120u64 {
-        let mut tx = Tx::begin(&r);
-        tx.limit = Some(stop_after);
-        let done = directory::insert(&mut tx, key, directory::hash(key), 32, 64).is_ok();
-        std::mem::forget(tx); // killed here
-                              // Lock-free readers never miss a committed name while the split is half done.
-        for i in 0..names {
-            let k = format!("s-{i}");
-            assert!(
-                !matches!(
-                    directory::lookup_fast(&r, k.as_bytes(), directory::hash(k.as_bytes())),
-                    directory::Fast::Miss { .. }
-                ),
-                "{k} missing, stopped after write {stop_after}"
-            );
-        }
-        lock::recover(&r).unwrap();
-        completed |= done;
-        arena
-            .verify()
-            .unwrap_or_else(|e| panic!("stopped at write {stop_after}: {e}"));
-        assert_eq!(arena.entries().unwrap(), before, "{stop_after}");
-        assert_eq!(r.load(l::EXTENT).unwrap(), extent, "{stop_after}");
-    }
-    assert!(completed, "every stopping point was tried");
+    let split = |tx: &mut Tx| directory::insert(tx, key, directory::hash(key), 32, 64).map(drop);
+    assert!(
+        killed_at_every_write(&arena, "s-", names, &split),
+        "every stopping point was tried"
+    );
     // And done for real, the split holds.
     let b = arena.allocate("splitter", 32).unwrap();
     assert_eq!(
@@ -1136,4 +1092,38 @@ fn a_looping_chain_ends_the_lock_free_walk() {
     r.store(entry + l::E_HASH, h).unwrap();
     arena.deallocate(b).unwrap();
     arena.verify().unwrap();
+}
+
+/// Runs `update` stopped after each of its first 120 writes, as a killed process leaves it.
+/// After each stop no committed name `{prefix}{i}` (`i < count`) looks missing to a lock-free
+/// reader, and the recovery gives back the entries and the directory's extent as they were, in
+/// a directory that verifies. True when some run completed (every stopping point was tried).
+fn killed_at_every_write(arena: &Arena, prefix: &str, count: u64, update: &Update) -> bool {
+    let r = arena.region;
+    let before = arena.entries().unwrap();
+    let extent = r.load(l::EXTENT).unwrap();
+    let mut completed = false;
+    for stop_after in 1..120u64 {
+        let mut tx = Tx::begin(&r);
+        tx.limit = Some(stop_after);
+        completed |= update(&mut tx).is_ok();
+        std::mem::forget(tx); // killed here: no commit, no rollback yet
+        for i in 0..count {
+            let k = format!("{prefix}{i}");
+            assert!(
+                !matches!(
+                    directory::lookup_fast(&r, k.as_bytes(), directory::hash(k.as_bytes())),
+                    directory::Fast::Miss { .. }
+                ),
+                "{k} missing, stopped after write {stop_after}"
+            );
+        }
+        lock::recover(&r).unwrap();
+        arena
+            .verify()
+            .unwrap_or_else(|e| panic!("stopped at write {stop_after}: {e}"));
+        assert_eq!(arena.entries().unwrap(), before, "{stop_after}");
+        assert_eq!(r.load(l::EXTENT).unwrap(), extent, "{stop_after}");
+    }
+    completed
 }
