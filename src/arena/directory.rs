@@ -148,6 +148,13 @@ impl Extent {
         };
         group & (g.groups() - 1)
     }
+    /// The group of the names hashing to `h` ([`Extent::group_of`]) and the offset of their
+    /// chain's head in it: where every lookup, insert, removal and check finds a name.
+    #[inline]
+    fn chain_of(self, g: &Geometry, h: u64) -> (u64, u64) {
+        let group = self.group_of(g, h);
+        (group, bucket_in(g, group, h))
+    }
     /// The extent the directory `g` can have: below `2^32` groups, the split group inside
     /// the current level, no more groups than the directory holds.
     #[inline]
@@ -416,8 +423,7 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
     let r = *tx.region();
     // Each round removes one zombie, so the rounds are bounded by the chain's length.
     for _ in 0..=r.geometry().max_blocks() {
-        let g = r.geometry();
-        let bucket = bucket_in(g, current_extent(&r)?.group_of(g, h), h);
+        let (_, bucket) = current_extent(&r)?.chain_of(r.geometry(), h);
         let mut chain = Chain::new(&r, bucket)?;
         let mut zombie = None;
         while let Some(slot) = chain.step()? {
@@ -466,7 +472,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     // The extent first: a split that ends before the version is read is then seen by the
     // second read of the extent (the split writes it before making its versions even).
     let extent = extent_hint(r);
-    let group = Extent(extent).group_of(g, h);
+    let (group, bucket) = Extent(extent).chain_of(g, h);
     let version = r.version(group);
     let before = version.load(Ordering::Acquire);
     if before & 1 == 1 {
@@ -478,7 +484,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     // A plain bounded walk, no cycle detection: a chain longer than FAST_STEPS (a cycle,
     // or names far beyond the directory's size) is left to the lock, whose walk reports it.
     let mut walk = || -> Result<Option<Slot>> {
-        let mut next = r.load(bucket_in(g, group, h))?;
+        let mut next = r.load(bucket)?;
         for _ in 0..FAST_STEPS {
             if next == 0 {
                 return Ok(None);
@@ -675,9 +681,7 @@ pub(crate) fn insert(
             (slot, heap::alloc(tx, request)?)
         }
     };
-    grow(tx)?;
-    let g = r.geometry();
-    let group = current_extent(&r)?.group_of(g, h);
+    let (group, bucket) = grow(tx)?.chain_of(r.geometry(), h);
     // Before the new slot is linked: readers of this chain see the version move.
     tx.touch(group)?;
     let data = round_up(block + name.len() as u64, align);
@@ -691,7 +695,6 @@ pub(crate) fn insert(
     r.write_bytes(block, name)?;
     r.store(slot + l::E_HASH, h)?;
     r.store_words(slot + l::E_DATA, &[data, bytes, block, name.len() as u64])?;
-    let bucket = bucket_in(g, group, h);
     // Logged: on a rollback this word is the free list's link again.
     tx.set(slot + l::E_NEXT, tx.get(bucket)?)?;
     tx.set(bucket, slot)?;
@@ -712,15 +715,16 @@ pub(crate) fn insert(
 /// holding more names than one update may relink ([`SPLIT_LIMIT`], far beyond what the hash
 /// gives) is left unsplit, and the directory stops growing while it is so: lookups get
 /// slower, never wrong.
+/// Returns the extent in effect after it (checked), which the insert then files its name by.
 #[inline]
-fn grow(tx: &mut Tx) -> Result<()> {
+fn grow(tx: &mut Tx) -> Result<Extent> {
     let r = *tx.region();
     let now = current_extent(&r)?;
     let names = live_names(&r).saturating_add(1);
     if now.groups() >= r.geometry().groups()
         || names.saturating_mul(CHAINS_PER_NAME) <= now.groups() * l::GROUP_HEADS
     {
-        return Ok(());
+        return Ok(now);
     }
     split_next(tx, now)
 }
@@ -734,7 +738,7 @@ fn live_names(r: &Region) -> u64 {
 /// The split of [`grow`], out of line: its lists take a few KiB of stack, which every insert
 /// would otherwise reserve (and probe) whether it splits or not.
 #[inline(never)]
-fn split_next(tx: &mut Tx, now: Extent) -> Result<()> {
+fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let r = *tx.region();
     let g = *r.geometry();
     let (from, bit) = (now.split(), 1u64 << now.level());
@@ -752,7 +756,7 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<()> {
         let mut chain = Chain::new(&r, head_offset(&g, from, head))?;
         while let Some(slot) = chain.step()? {
             if total == SPLIT_LIMIT as usize {
-                return Ok(());
+                return Ok(now);
             }
             let h = head as usize;
             heads[h][lens[h]] = (slot.at, slot.hash() & bit != 0);
@@ -778,7 +782,8 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<()> {
             }
         }
     }
-    tx.set(l::EXTENT, now.grown().0)
+    tx.set(l::EXTENT, now.grown().0)?;
+    Ok(now.grown())
 }
 
 /// Undoes the last splits (merges the last group in use back into the group it was split
@@ -877,9 +882,7 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         return Ok(());
     }
     let h = dead.hash();
-    let g = r.geometry();
-    let group = current_extent(&r)?.group_of(g, h);
-    let bucket = bucket_in(g, group, h);
+    let (group, bucket) = current_extent(&r)?.chain_of(r.geometry(), h);
     let mut link = bucket;
     let mut chain = Chain::new(&r, bucket)?;
     loop {
@@ -1027,7 +1030,7 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
         // An entry without references is allowed: its last holder died before removing it,
         // and the next update that meets it removes it.
         let h = hash(info.name.as_bytes());
-        if bucket_in(g, extent.group_of(g, h), h) != i {
+        if extent.chain_of(g, h).1 != i {
             return Err(Error::Corrupted(format!(
                 "entry {:?} is misfiled",
                 info.name
