@@ -57,12 +57,24 @@ fn fnv(name: &[u8]) -> (u64, bool) {
     (h, nul != 0)
 }
 
-/// Up to 8 bytes as a little-endian word, zero-padded (no library call for short copies).
+/// Up to 8 bytes as a little-endian word, zero-padded: whole-word or two overlapping loads,
+/// no byte loop and no library call for the short tail of a name.
 #[inline]
 fn word_of(bytes: &[u8]) -> u64 {
-    match <[u8; 8]>::try_from(bytes) {
-        Ok(w) => u64::from_le_bytes(w),
-        Err(_) => bytes.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
+    let n = bytes.len();
+    if let Ok(w) = <[u8; 8]>::try_from(bytes) {
+        u64::from_le_bytes(w)
+    } else if n >= 4 {
+        // Bytes 0..4 and n-4..n, each at its own position; the overlap ORs equal bytes.
+        let low = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let high = u32::from_le_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]]);
+        u64::from(low) | u64::from(high) << (8 * (n - 4))
+    } else if n > 0 {
+        u64::from(bytes[0])
+            | u64::from(bytes[n / 2]) << (8 * (n / 2))
+            | u64::from(bytes[n - 1]) << (8 * (n - 1))
+    } else {
+        0
     }
 }
 
@@ -73,24 +85,30 @@ pub(crate) fn hash(name: &[u8]) -> u64 {
 
 /// The hash of block name `name`, which is checked to be a valid name on the way: 1 to
 /// [`MAX_NAME_LEN`] bytes without a NUL, else `InvalidName`.
+#[inline]
 pub(crate) fn checked_hash(name: &str) -> Result<u64> {
     let (h, nul) = fnv(name.as_bytes());
-    if nul {
-        return Err(Error::InvalidName {
-            name: name.chars().take(64).collect(),
-            reason: "block names cannot contain a NUL byte".into(),
-        });
-    }
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(Error::InvalidName {
-            name: name.chars().take(64).collect(),
-            reason: format!(
-                "block names are 1 to {MAX_NAME_LEN} bytes, this one is {} bytes",
-                name.len()
-            ),
-        });
+    if nul || name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid_name(name, nul));
     }
     Ok(h)
+}
+
+/// Out of line, so that every lookup's hash stays a few registers.
+#[cold]
+#[inline(never)]
+fn invalid_name(name: &str, nul: bool) -> Error {
+    Error::InvalidName {
+        name: name.chars().take(64).collect(),
+        reason: if nul {
+            "block names cannot contain a NUL byte".into()
+        } else {
+            format!(
+                "block names are 1 to {MAX_NAME_LEN} bytes, this one is {} bytes",
+                name.len()
+            )
+        },
+    }
 }
 
 /// How many directory groups are in use (the word at [`l::EXTENT`], see [`l::Extent`]), and
@@ -255,13 +273,25 @@ impl State {
 #[inline]
 pub(crate) fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
     let g = r.geometry();
-    if e < g.heap_offset + 16 || e % l::ALIGN != 0 || e > g.sentinel().saturating_sub(ENTRY_SIZE) {
-        return Err(Error::Corrupted(format!(
-            "a directory link points to offset {e}, outside the heap {}..{}",
-            g.heap_offset, g.heap_end
-        )));
+    if !is_slot_offset(g, e) {
+        return Err(bad_link(g, e));
     }
     Ok(e)
+}
+
+/// Whether `e` can be a directory slot of `g` ([`check_entry`] without the error).
+#[inline]
+fn is_slot_offset(g: &Geometry, e: u64) -> bool {
+    e >= g.heap_offset + 16 && e % l::ALIGN == 0 && e <= g.sentinel().saturating_sub(ENTRY_SIZE)
+}
+
+#[cold]
+#[inline(never)]
+fn bad_link(g: &Geometry, e: u64) -> Error {
+    Error::Corrupted(format!(
+        "a directory link points to offset {e}, outside the heap {}..{}",
+        g.heap_offset, g.heap_end
+    ))
 }
 
 /// A directory slot's eight words, read at once with one bounds check ([`read_slot`]). A
@@ -316,13 +346,18 @@ impl Slot {
             || size == 0
             || end.is_none_or(|end| end > g.sentinel())
         {
-            return Err(Error::Corrupted(format!(
-                "entry at {} describes {size} bytes at offset {data}, not a block of its heap",
-                self.at
-            )));
+            return Err(misplaced(self.at, data, size));
         }
         Ok((data, size))
     }
+}
+
+#[cold]
+#[inline(never)]
+fn misplaced(at: u64, data: u64, size: u64) -> Error {
+    Error::Corrupted(format!(
+        "entry at {at} describes {size} bytes at offset {data}, not a block of its heap"
+    ))
 }
 
 /// Slot `e` (checked by [`check_entry`]), all its words.
@@ -332,6 +367,18 @@ pub(crate) fn read_slot<M: Mem + ?Sized>(r: &M, e: u64) -> Result<Slot> {
     let mut words = [0u64; WORDS];
     r.words(at, &mut words)?;
     Ok(Slot { at, words })
+}
+
+/// Slot `e` for a lock-free reader ([`Region::peek`]): `None` where [`read_slot`] would fail.
+#[inline]
+fn peek_slot(r: &Region, e: u64) -> Option<Slot> {
+    if !is_slot_offset(r.geometry(), e) {
+        return None;
+    }
+    Some(Slot {
+        at: e,
+        words: r.peek::<WORDS>(e)?,
+    })
 }
 
 /// Follows a bucket chain one step at a time, refusing links outside the heap and chains
@@ -383,28 +430,33 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
 
 #[inline]
 fn name_matches<M: Mem + ?Sized>(r: &M, slot: &Slot, name: &[u8]) -> Result<bool> {
+    names_equal(|at| r.load(at).ok(), slot, name).ok_or_else(|| outside(slot.block()))
+}
+
+/// Whether `slot` holds `name`, its stored words read by `load` (`None`: one could not be
+/// read). Word by word: a name starts its 16-aligned block, whose data begins past the name's
+/// last word, so whole-word reads stay inside the block; a mismatch usually shows in the first.
+#[inline]
+fn names_equal(mut load: impl FnMut(u64) -> Option<u64>, slot: &Slot, name: &[u8]) -> Option<bool> {
     if slot.word(l::E_NAME_LEN) != name.len() as u64 {
-        return Ok(false);
+        return Some(false);
     }
     let block = slot.block();
-    // Word by word (a name starts its 16-aligned block, whose data begins past the name's last
-    // word, so whole-word reads stay inside the block); a mismatch usually shows in the first.
     for (i, piece) in name.chunks(8).enumerate() {
-        let at = block
-            .checked_add(i as u64 * 8)
-            .ok_or_else(|| outside(block))?;
-        let stored = u64::from_le_bytes(r.load(at)?.to_ne_bytes());
+        let stored = u64::from_le_bytes(load(block.checked_add(i as u64 * 8)?)?.to_ne_bytes());
         let mask = match piece.len() {
             8 => !0,
             n => (1u64 << (8 * n)) - 1,
         };
         if stored & mask != word_of(piece) {
-            return Ok(false);
+            return Some(false);
         }
     }
-    Ok(true)
+    Some(true)
 }
 
+#[cold]
+#[inline(never)]
 fn outside(block: u64) -> Error {
     Error::Corrupted(format!("a name at offset {block} runs past the arena"))
 }
@@ -483,22 +535,23 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     let mut dead = false;
     // A plain bounded walk, no cycle detection: a chain longer than FAST_STEPS (a cycle,
     // or names far beyond the directory's size) is left to the lock, whose walk reports it.
-    let mut walk = || -> Result<Option<Slot>> {
-        let mut next = r.load(bucket)?;
+    // `None`: something could not be read; the lock's walk tells what.
+    let mut walk = || -> Option<Option<Slot>> {
+        let [mut next] = r.peek::<1>(bucket)?;
         for _ in 0..FAST_STEPS {
             if next == 0 {
-                return Ok(None);
+                return Some(None);
             }
-            let slot = read_slot(r, next)?;
-            if slot.hash() == h && name_matches(r, &slot, name)? {
+            let slot = peek_slot(r, next)?;
+            if slot.hash() == h && names_equal(|at| r.peek::<1>(at).map(|[w]| w), &slot, name)? {
                 if slot.state().live() {
-                    return Ok(Some(slot));
+                    return Some(Some(slot));
                 }
                 dead = true;
             }
             next = slot.next();
         }
-        Err(Error::Corrupted(String::new()))
+        None
     };
     let found = walk();
     // The walk's loads may not move past the second read of the version (a seqlock reader).
@@ -507,8 +560,8 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
         return Fast::Busy;
     }
     match found {
-        Ok(Some(slot)) => Fast::Hit(slot),
-        Ok(None) if !dead => Fast::Miss {
+        Some(Some(slot)) => Fast::Hit(slot),
+        Some(None) if !dead => Fast::Miss {
             version: before,
             extent,
         },
@@ -553,14 +606,20 @@ pub(crate) fn take_reference(r: &Region, e: u64, seen: State) -> Result<bool> {
         return Ok(false);
     }
     if seen.refs() == REFS {
-        return Err(Error::InvalidArgument(format!(
-            "the block at entry {e} has {REFS} references already; release some first"
-        )));
+        return Err(too_many_references(e));
     }
     let word = r.heap_word(e + l::E_STATE)?;
     Ok(word
         .compare_exchange(seen.0, seen.0 + 1, Ordering::AcqRel, Ordering::Acquire)
         .is_ok())
+}
+
+#[cold]
+#[inline(never)]
+fn too_many_references(e: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "the block at entry {e} has {REFS} references already; release some first"
+    ))
 }
 
 /// Takes a reference to `e` whatever its reference count is now (under the lock, after

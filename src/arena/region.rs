@@ -191,6 +191,29 @@ impl Region {
         }
     }
 
+    /// The `N` consecutive words at `off`, for a lock-free reader that leaves anything doubtful
+    /// to the lock: `None` (and no error built, which would cost the hot path its registers)
+    /// unless they are word-aligned and inside the mapping. The locked path reads the same
+    /// words through [`Mem`] and reports what is wrong.
+    #[inline]
+    pub(crate) fn peek<const N: usize>(&self, off: u64) -> Option<[u64; N]> {
+        if off % 8 != 0
+            || off
+                .checked_add(N as u64 * 8)
+                .is_none_or(|end| end > self.len)
+        {
+            return None;
+        }
+        // SAFETY: the N words at `off` lie inside the mapping (checked above), `off` is a
+        // multiple of 8 in an 8-aligned mapping; AtomicU64 has u64's layout and atomic loads of
+        // shared memory are sound; the pointer is not kept.
+        let p = unsafe { self.base.as_ptr().add(off as usize) } as *const AtomicU64;
+        Some(std::array::from_fn(|i| {
+            // SAFETY: i < N, inside the range checked above.
+            unsafe { &*p.add(i) }.load(Ordering::Acquire)
+        }))
+    }
+
     /// A word inside the heap (a slot's state), for compare-and-swap by lock-free operations;
     /// `Corrupted` outside the heap or unaligned.
     #[inline]
