@@ -102,17 +102,34 @@ impl Region {
     /// the mapping.
     #[inline]
     fn words_at(&self, off: u64, n: usize) -> Result<&[AtomicU64]> {
-        if off % 8 != 0 {
-            return Err(Error::Corrupted(format!(
-                "offset {off} is not word-aligned"
-            )));
+        self.word_span(off, n).ok_or_else(|| self.bad_span(off, n))
+    }
+
+    /// [`Region::words_at`] without the error: the one check (aligned, inside the mapping)
+    /// behind every word access, checked or lock-free ([`Region::peek`]).
+    #[inline]
+    fn word_span(&self, off: u64, n: usize) -> Option<&[AtomicU64]> {
+        let bytes = n as u64 * 8;
+        if off % 8 != 0 || off.checked_add(bytes).is_none_or(|end| end > self.len) {
+            return None;
         }
-        let p = self.at(off, n as u64 * 8)?;
-        // SAFETY: `at` checked that the `n` words lie inside the mapping; the mapping is
-        // 8-aligned and `off` is a multiple of 8; AtomicU64 has the layout of u64 and atomic
+        // SAFETY: the `n` words at `off` lie inside the mapping (checked above); the mapping
+        // is 8-aligned and `off` is a multiple of 8; AtomicU64 has the layout of u64 and atomic
         // access to shared memory is sound. The slice lives no longer than &self, within the
         // mapping's life.
-        Ok(unsafe { std::slice::from_raw_parts(p as *const AtomicU64, n) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(off as usize) as *const AtomicU64, n)
+        })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_span(&self, off: u64, n: usize) -> Error {
+        if off % 8 != 0 {
+            Error::Corrupted(format!("offset {off} is not word-aligned"))
+        } else {
+            outside(off, n as u64 * 8, self.len)
+        }
     }
 
     /// A 4-byte header field (`off` is one of layout.rs's constants, inside the header that
@@ -197,21 +214,8 @@ impl Region {
     /// words through [`Mem`] and reports what is wrong.
     #[inline]
     pub(crate) fn peek<const N: usize>(&self, off: u64) -> Option<[u64; N]> {
-        if off % 8 != 0
-            || off
-                .checked_add(N as u64 * 8)
-                .is_none_or(|end| end > self.len)
-        {
-            return None;
-        }
-        // SAFETY: the N words at `off` lie inside the mapping (checked above), `off` is a
-        // multiple of 8 in an 8-aligned mapping; AtomicU64 has u64's layout and atomic loads of
-        // shared memory are sound; the pointer is not kept.
-        let p = unsafe { self.base.as_ptr().add(off as usize) } as *const AtomicU64;
-        Some(std::array::from_fn(|i| {
-            // SAFETY: i < N, inside the range checked above.
-            unsafe { &*p.add(i) }.load(Ordering::Acquire)
-        }))
+        let words = self.word_span(off, N)?;
+        Some(std::array::from_fn(|i| words[i].load(Ordering::Acquire)))
     }
 
     /// A word inside the heap (a slot's state), for compare-and-swap by lock-free operations;
