@@ -42,34 +42,7 @@ impl Arena {
         let align = align.max(l::ALIGN);
         let key = name.as_bytes();
         let r = &self.region;
-        // An existing name without the lock. Anything unexpected (a size or alignment that
-        // does not fit, damage, a race lost twice) is decided under the lock instead, where
-        // the errors are reported.
-        let mut missing = None;
-        for _ in 0..4 {
-            let slot = match directory::lookup_fast(r, key, h) {
-                Fast::Hit(slot) => slot,
-                Fast::Miss { version, extent } => {
-                    missing = Some((version, extent));
-                    break;
-                }
-                // Often another process creating this very name: wait for it, then take a
-                // reference without the lock like everyone else.
-                Fast::Busy if directory::wait_for_chain(r, h) => continue,
-                Fast::Busy => break,
-            };
-            let Ok((data, size)) = slot.placed(r.geometry(), align) else {
-                break;
-            };
-            if size != bytes {
-                break;
-            }
-            let state = slot.state();
-            if directory::take_reference(r, slot.at, state)? {
-                return self.hand_out(slot.at, state.generation(), data, size, false);
-            }
-        }
-        let find_or_insert = |tx: &mut super::region::Tx| {
+        let find_or_insert = |tx: &mut super::region::Tx, missing: Option<(u64, u64)>| {
             let r = *tx.region();
             let known_missing = missing.is_some_and(|(v, e)| directory::still_missing(&r, h, v, e));
             let existing = if known_missing {
@@ -104,11 +77,53 @@ impl Arena {
             let (e, generation, data) = directory::insert(tx, key, h, bytes, align)?;
             Ok((e, generation, true, (data, bytes)))
         };
-        let (entry, generation, created, (data, size)) = match self.locked(find_or_insert) {
+        // An existing name without the lock. Anything unexpected (a size or alignment that
+        // does not fit, damage, a race lost again and again) is decided under the lock
+        // instead, where the errors are reported.
+        let mut attempts = 0;
+        let outcome = loop {
+            attempts += 1;
+            if attempts > 4 {
+                break self.locked(|tx| find_or_insert(tx, None));
+            }
+            let slot = match directory::lookup_fast(r, key, h) {
+                Fast::Hit(slot) => slot,
+                // With several ranks on the same names, the holder of the lock is most often
+                // creating this very name: a waiter that sees the name's group change gives
+                // up the wait and looks again, so that it takes its reference without the lock
+                // instead of queueing behind the creator only to find the name.
+                Fast::Miss { version, extent } => {
+                    let changed =
+                        || (!directory::still_missing(r, h, version, extent)).then_some(());
+                    match self
+                        .locked_unless(changed, |tx| find_or_insert(tx, Some((version, extent))))
+                    {
+                        Ok(Err(())) => continue,
+                        Ok(Ok(done)) => break Ok(done),
+                        Err(e) => break Err(e),
+                    }
+                }
+                // Often another process creating this very name: wait for it, then take a
+                // reference without the lock like everyone else.
+                Fast::Busy if directory::wait_for_chain(r, h) => continue,
+                Fast::Busy => break self.locked(|tx| find_or_insert(tx, None)),
+            };
+            let Ok((data, size)) = slot.placed(r.geometry(), align) else {
+                break self.locked(|tx| find_or_insert(tx, None));
+            };
+            if size != bytes {
+                break self.locked(|tx| find_or_insert(tx, None));
+            }
+            let state = slot.state();
+            if directory::take_reference(r, slot.at, state)? {
+                return self.hand_out(slot.at, state.generation(), data, size, false);
+            }
+        };
+        let (entry, generation, created, (data, size)) = match outcome {
             // Parked blocks are merged back into the heap only when that may make room.
             Err(Error::OutOfSpace { .. }) if recycle::any(r)? => {
                 self.coalesce()?;
-                self.locked(find_or_insert)
+                self.locked(|tx| find_or_insert(tx, None))
             }
             other => other,
         }?;

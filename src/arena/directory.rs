@@ -802,9 +802,12 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let g = *r.geometry();
     let (from, bit) = (now.split(), 1u64 << now.level());
     let to = from + bit;
-    // Each head's names, in chain order: (slot, whether it moves).
-    let mut heads = [[(0u64, false); SPLIT_LIMIT as usize]; l::GROUP_HEADS as usize];
-    let mut lens = [0usize; l::GROUP_HEADS as usize];
+    // The group's names, head by head and in chain order, each with whether it moves (the
+    // low bit: slots are word-aligned), and where each head's run ends. One flat list of
+    // words: a typical group holds a few names, and what the split zeroes and copies should
+    // not be a list per head of the most any head may hold.
+    let mut names = [0u64; SPLIT_LIMIT as usize];
+    let mut ends = [0usize; l::GROUP_HEADS as usize];
     let mut total = 0;
     for head in 0..l::GROUP_HEADS {
         if r.load(head_offset(&g, to, head))? != 0 {
@@ -817,20 +820,21 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
             if total == SPLIT_LIMIT as usize {
                 return Ok(now);
             }
-            let h = head as usize;
-            heads[h][lens[h]] = (slot.at, slot.hash() & bit != 0);
-            lens[h] += 1;
+            names[total] = slot.at | u64::from(slot.hash() & bit != 0);
             total += 1;
         }
+        ends[head as usize] = total;
     }
     tx.touch(from)?;
     tx.touch(to)?;
+    let mut start = 0;
     for head in 0..l::GROUP_HEADS {
-        let names = &heads[head as usize][..lens[head as usize]];
+        let run = &names[start..ends[head as usize]];
+        start = ends[head as usize];
         // Two lists rebuilt from their ends: each link is written only where it changes.
-        for (moves, group) in [(false, from), (true, to)] {
+        for (moves, group) in [(0, from), (1, to)] {
             let mut link = head_offset(&g, group, head);
-            for &(slot, _) in names.iter().filter(|n| n.1 == moves) {
+            for slot in run.iter().filter(|&&n| n & 1 == moves).map(|&n| n & !1) {
                 if tx.get(link)? != slot {
                     tx.set(link, slot)?;
                 }

@@ -6,6 +6,7 @@
 //! next locker gets `EOWNERDEAD`, repairs what the dead owner was doing (the caller's job, told
 //! through [`LockGuard::previous_owner_died`]) and marks the mutex consistent.
 
+use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -64,28 +65,41 @@ pub(crate) unsafe fn init(m: *mut libc::pthread_mutex_t) -> Result<()> {
     }
 }
 
-/// Locks `m`, waiting at most `timeout`.
+/// Locks `m`, waiting at most `timeout`. While it spins (the first few microseconds of the
+/// wait), `give_up` is asked after every try that found the lock held: when it returns a
+/// value, the wait ends without the lock and that value comes back as `Ok(Err(value))`.
+/// Waiters that can never give up pass `|| None::<Infallible>`.
 ///
 /// # Safety
 /// `m` must point to a mutex initialised by [`init`] inside a live shared mapping.
-pub(crate) unsafe fn lock(
+pub(crate) unsafe fn lock<G>(
     m: *mut libc::pthread_mutex_t,
     timeout: Duration,
     what: &str,
-    holder: impl FnOnce() -> u32,
-) -> Result<Acquired> {
+    holder: &AtomicU32,
+    mut give_up: impl FnMut() -> Option<G>,
+) -> Result<std::result::Result<Acquired, G>> {
     // Critical sections under this lock last a few hundred nanoseconds, so a waiter first spins
-    // on trylock for a few microseconds: sleeping in the kernel would make every hand-over cost
-    // a futex wake system call. No clock read on this path.
-    for round in 0..64u32 {
-        // SAFETY: `m` is a valid initialised mutex per the contract.
-        match unsafe { libc::pthread_mutex_trylock(m) } {
-            0 => return Ok(Acquired::Clean),
-            libc::EOWNERDEAD => return Ok(Acquired::OwnerDied),
-            libc::ENOTRECOVERABLE => return Err(unrecoverable(what)),
-            _ if round < 48 => (0..(1u32 << (round / 8))).for_each(|_| std::hint::spin_loop()),
-            _ => std::thread::yield_now(),
+    // for a few microseconds: sleeping in the kernel would make every hand-over cost a futex
+    // wake system call. No clock read on this path.
+    for round in 0..SPIN_ROUNDS {
+        // A trylock is a compare-and-swap, which takes the lock's line from the holder even when
+        // it fails, and the holder needs that line back to unlock: while the holder word says
+        // the lock is held, only read it. Every eighth round tries anyway, as the word is only
+        // a hint (a holder that died leaves it set).
+        if round % 8 == 7 || holder.load(Ordering::Relaxed) == 0 {
+            // SAFETY: `m` is a valid initialised mutex per the contract.
+            match unsafe { libc::pthread_mutex_trylock(m) } {
+                0 => return Ok(Ok(Acquired::Clean)),
+                libc::EOWNERDEAD => return Ok(Ok(Acquired::OwnerDied)),
+                libc::ENOTRECOVERABLE => return Err(unrecoverable(what)),
+                _ => {}
+            }
         }
+        if let Some(reason) = give_up() {
+            return Ok(Err(reason));
+        }
+        back_off(round);
     }
     let deadline = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
         .map_err(|e| Error::io("reading the clock", e))?;
@@ -93,15 +107,15 @@ pub(crate) unsafe fn lock(
     // SAFETY: `m` is a valid initialised mutex per the contract; the timespec is a valid value.
     let rc = unsafe { libc::pthread_mutex_timedlock(m, deadline.as_ref()) };
     match rc {
-        0 => Ok(Acquired::Clean),
-        libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
+        0 => Ok(Ok(Acquired::Clean)),
+        libc::EOWNERDEAD => Ok(Ok(Acquired::OwnerDied)),
         libc::ETIMEDOUT => Err(Error::Timeout {
             what: format!("waiting for the {what}"),
             waited: timeout,
             hint: format!(
                 "it is held by pid {}; that process is stuck or very slow (check it with \
                  `nodeshm stat`, or raise the lock timeout)",
-                holder()
+                holder.load(Ordering::Acquire)
             ),
         }),
         libc::ENOTRECOVERABLE => Err(unrecoverable(what)),
@@ -109,6 +123,20 @@ pub(crate) unsafe fn lock(
             format!("locking the {what}"),
             std::io::Error::from_raw_os_error(rc),
         )),
+    }
+}
+
+/// Rounds of [`back_off`] a waiter spends before it sleeps in the kernel (a few microseconds
+/// of spinning, then yields).
+const SPIN_ROUNDS: u32 = 64;
+
+/// One round of waiting for a lock holder: pauses that double every 8 rounds, and from round
+/// 48 a yield, so that a holder descheduled on the same core gets to run.
+fn back_off(round: u32) {
+    if round < 48 {
+        (0..(1u32 << (round / 8))).for_each(|_| std::hint::spin_loop());
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -172,27 +200,39 @@ impl Drop for LockGuard<'_> {
 }
 
 /// Locks `m`, waiting at most `timeout`, and records `pid` in `holder` (told to those who time
-/// out waiting). `what` names the lock in errors.
+/// out waiting). `what` names the lock in errors; `give_up` as for [`lock`].
 ///
 /// # Safety
 /// `m` must point to a mutex initialised by [`init`] inside a live shared mapping that outlives
 /// `'a` (as `holder` does).
-pub(crate) unsafe fn acquire<'a>(
+pub(crate) unsafe fn acquire<'a, G>(
     m: *mut libc::pthread_mutex_t,
     holder: &'a AtomicU32,
     pid: u32,
     timeout: Duration,
     what: &str,
-) -> Result<LockGuard<'a>> {
+    give_up: impl FnMut() -> Option<G>,
+) -> Result<std::result::Result<LockGuard<'a>, G>> {
     // SAFETY: forwarded contract.
-    let how = unsafe { lock(m, timeout, what, || holder.load(Ordering::Acquire))? };
+    let how = match unsafe { lock(m, timeout, what, holder, give_up)? } {
+        Ok(how) => how,
+        Err(reason) => return Ok(Err(reason)),
+    };
     holder.store(pid, Ordering::Release);
-    Ok(LockGuard {
+    Ok(Ok(LockGuard {
         mutex: m,
         holder,
         owner_died: how == Acquired::OwnerDied,
         _not_send: PhantomData,
-    })
+    }))
+}
+
+/// What a wait that cannot give up returns.
+fn no_give_up<T>(waited: std::result::Result<T, Infallible>) -> T {
+    match waited {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
 }
 
 /// Unlocks `m` held by this thread without a guard (one that was leaked); `NotHeld` when this
@@ -247,6 +287,20 @@ impl Arena {
 
     /// Runs `update` under the arena lock as one transaction: either all of it happens or none.
     pub(super) fn locked<T>(&self, update: impl FnOnce(&mut Tx) -> Result<T>) -> Result<T> {
+        self.locked_unless(|| None::<Infallible>, update)
+            .map(no_give_up)
+    }
+
+    /// As [`locked`](Self::locked), but while another process holds the lock and this one
+    /// spins for it, `give_up` is asked after each try: when it returns a value, the wait ends,
+    /// `update` does not run and the value comes back as `Ok(Err(value))`. For a lock-free
+    /// reader that went for the lock because a name was missing, and that sees meanwhile that
+    /// the holder was creating it: it can take its reference without the lock.
+    pub(super) fn locked_unless<T, G>(
+        &self,
+        give_up: impl FnMut() -> Option<G>,
+        update: impl FnOnce(&mut Tx) -> Result<T>,
+    ) -> Result<std::result::Result<T, G>> {
         let r = self.region;
         // SAFETY: the arena mutex was initialised before the arena became ready; the mapping
         // (and so the holder word) outlives this call.
@@ -257,7 +311,12 @@ impl Arena {
                 self.pid,
                 self.lock_timeout,
                 "arena lock",
+                give_up,
             )?
+        };
+        let guard = match guard {
+            Ok(guard) => guard,
+            Err(reason) => return Ok(Err(reason)),
         };
         let damaged = || {
             Error::Corrupted(
@@ -290,7 +349,7 @@ impl Arena {
         let value = update(&mut tx)?;
         tx.commit();
         drop(guard);
-        Ok(value)
+        Ok(Ok(value))
     }
 
     /// Takes the arena's user lock (a second robust mutex, separate from the metadata lock),
@@ -308,7 +367,9 @@ impl Arena {
                 self.pid,
                 timeout,
                 "user lock",
-            )?
+                || None::<Infallible>,
+            )
+            .map(no_give_up)?
         };
         if guard.previous_owner_died() {
             // The user is told through the guard; the mutex itself is usable again.
