@@ -143,6 +143,38 @@ fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
     Ok(())
 }
 
+/// Splits free block `b` of `have` payload bytes into its first `want` bytes, taken out of the
+/// free lists, and a free tail of the same class, which takes `b`'s place in `b`'s list: two
+/// links and the tail's words instead of a removal and an insertion (which move the bitmaps).
+/// Every word is logged, so a rollback gives back `b` whole, in its list.
+fn carve(tx: &mut Tx, b: u64, want: u64, have: u64) -> Result<()> {
+    let r = *tx.region();
+    let (fl, sl) = class_of(&r, b)?;
+    let next = tx.get(b + HDR)?;
+    let prev = tx.get(b + HDR + 8)?;
+    let rest = b + HDR + want;
+    let rest_size = have - want - HDR;
+    set_size_flags(tx, rest, rest_size, FREE)?;
+    tx.set(rest + HDR, next)?;
+    tx.set(rest + HDR + 8, prev)?;
+    if next != 0 {
+        check_block(&r, next)?;
+        tx.set(next + HDR + 8, rest)?;
+    }
+    if prev != 0 {
+        check_block(&r, prev)?;
+        tx.set(prev + HDR, rest)?;
+    } else {
+        tx.set(head_off(fl, sl), rest)?;
+    }
+    // The block's own links lie in the payload that is zeroed and written without logging.
+    tx.set(b + HDR, 0)?;
+    tx.set(b + HDR + 8, 0)?;
+    // The neighbour after the tail is in use (free neighbours are always merged).
+    tx.set(rest + HDR + rest_size, rest)?;
+    set_size_flags(tx, b, want, flags(&r, b)?)
+}
+
 /// A free block whose payload is at least `size`, or None.
 fn find_suitable(r: &Region, size: u64) -> Result<Option<u64>> {
     let (mut fl, sl) = mapping_search(size);
@@ -283,24 +315,31 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     let Some(b) = found else {
         return Err(out_of_space(&r, want + HDR));
     };
-    remove_free(tx, b)?;
-    // The payload is about to be zeroed and written without logging; log the free-list links
-    // it held first, so that a rollback puts back a well-formed free block.
-    tx.set(b + HDR, 0)?;
-    tx.set(b + HDR + 8, 0)?;
     let have = size_of_block(&r, b)?;
-    if have - want >= HDR + MIN_PAYLOAD {
-        // Split: the tail becomes a free block of its own. Its neighbour after it is in use
-        // (free neighbours are always merged), so only that neighbour's back link changes.
-        let rest = b + HDR + want;
-        let rest_size = have - want - HDR;
-        set_size_flags(tx, rest, rest_size, FREE)?;
-        let after = rest + HDR + rest_size;
-        tx.set(after, rest)?;
-        set_size_flags(tx, b, want, flags(&r, b)?)?;
-        insert_free(tx, rest)?;
+    let splits = have - want >= HDR + MIN_PAYLOAD;
+    if splits && mapping(have - want - HDR) == class_of(&r, b)? {
+        // The tail stays in the block's class (a fresh arena's one large block, carved name
+        // after name): it takes the block's place in its list, and no bitmap changes.
+        carve(tx, b, want, have)?;
     } else {
-        set_flag(tx, next_phys(&r, b)?, PREV_FREE, false)?;
+        remove_free(tx, b)?;
+        // The payload is about to be zeroed and written without logging; log the free-list
+        // links it held first, so that a rollback puts back a well-formed free block.
+        tx.set(b + HDR, 0)?;
+        tx.set(b + HDR + 8, 0)?;
+        if splits {
+            // Split: the tail becomes a free block of its own. Its neighbour after it is in use
+            // (free neighbours are always merged), so only that neighbour's back link changes.
+            let rest = b + HDR + want;
+            let rest_size = have - want - HDR;
+            set_size_flags(tx, rest, rest_size, FREE)?;
+            let after = rest + HDR + rest_size;
+            tx.set(after, rest)?;
+            set_size_flags(tx, b, want, flags(&r, b)?)?;
+            insert_free(tx, rest)?;
+        } else {
+            set_flag(tx, next_phys(&r, b)?, PREV_FREE, false)?;
+        }
     }
     set_flag(tx, b, FREE, false)?;
     let total = size_of_block(&r, b)? + HDR;

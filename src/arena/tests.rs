@@ -447,14 +447,22 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
     // parked on removal) and a large one (freed to the heap).
     let small = zombie(&arena, "zs", 100);
     let large = zombie(&arena, "zl", 5000);
+    // A freed block between two in use, which a smaller request splits into a tail of a
+    // smaller class (the heap's last large block, carved, keeps its class).
+    let hole = arena.allocate("hole", 5000).unwrap();
+    let fence = arena.allocate("fence", 5000).unwrap();
+    arena.deallocate(hole).unwrap();
     let before = arena.entries().unwrap();
     let stats = arena.stats().unwrap();
     let key = b"interrupted";
-    let updates: [(&str, &Update); 4] = [
+    let updates: [(&str, &Update); 5] = [
         ("insert into a parked block", &|tx| {
             directory::insert(tx, key, directory::hash(key), 300, 64).map(drop)
         }),
-        ("insert into a new block", &|tx| {
+        ("insert carved from the last block", &|tx| {
+            directory::insert(tx, key, directory::hash(key), 8000, 64).map(drop)
+        }),
+        ("insert into a freed block, split", &|tx| {
             directory::insert(tx, key, directory::hash(key), 3000, 64).map(drop)
         }),
         ("remove and park", &|tx| {
@@ -465,7 +473,7 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
         }),
     ];
     // The first insert really takes a parked block, the first removal really parks one.
-    for (i, change) in [(0, -1i64), (2, 1)] {
+    for (i, change) in [(0, -1i64), (3, 1)] {
         let parked = recycle::count_parked(&r).unwrap().0 as i64;
         let mut tx = Tx::begin(&r);
         updates[i].1(&mut tx).unwrap();
@@ -495,6 +503,8 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
         }
         assert!(completed, "{what}: every stopping point was tried");
     }
+    arena.deallocate(fence).unwrap();
+    arena.verify().unwrap();
 }
 
 /// The counters that updates keep outside the undo log are whatever a process killed after its
