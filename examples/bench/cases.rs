@@ -135,11 +135,32 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
                 d.push(t.elapsed());
             }
         }
+        // The same rank alone again, with names that are new to the arena and stay held until
+        // all are made, as in the all-ranks rows below: every one takes a new slot and a new
+        // heap block, and the directory grows (splits) with them. These rows are the cost of
+        // creating a name, which the all-ranks rows pay with or without other ranks.
+        let (mut fa, mut fd) = (Vec::new(), Vec::new());
+        if rank == 0 {
+            let names: Vec<String> = (0..samples).map(|i| format!("fresh-{i}")).collect();
+            let mut held = Vec::with_capacity(samples);
+            for name in &names {
+                let t = Instant::now();
+                held.push(alloc.allocate(name, 64).unwrap());
+                fa.push(t.elapsed());
+            }
+            for b in held {
+                let t = Instant::now();
+                alloc.deallocate(b).unwrap();
+                fd.push(t.elapsed());
+            }
+        }
         idle_barrier(ctx);
         for (op, v) in [
             ("allocate", &mut a),
             ("find", &mut f),
             ("deallocate", &mut d),
+            ("allocate new names (held)", &mut fa),
+            ("deallocate new names (held)", &mut fd),
         ] {
             let (med, p99) = percentiles(v);
             ctx.report.add(
