@@ -115,7 +115,9 @@ fn targets(r: &report::Report, ranks: i32, quick: bool) -> Vec<Target> {
         // median that is creation, not contention.
         let alone = r
             .get("named", "allocate new names (held), 1 rank", live, "median")
-            .map_or(String::new(), |a| format!(" (1 rank, new names: {a:.0} ns)"));
+            .map_or(String::new(), |a| {
+                format!(" (1 rank, new names: {a:.0} ns)")
+            });
         if let ((Some(m), Some(p)), (Some(bm), Some(bp))) = (ours, theirs) {
             push(
                 format!("{ranks} ranks, same names, {live}: median <= Boost's and <= 200 ns"),

@@ -90,7 +90,11 @@ fn mapping_search(size: u64) -> (usize, usize) {
 
 /// The class of a free block, checked to be one the bitmaps have.
 fn class_of<M: Mem + ?Sized>(r: &M, b: u64) -> Result<(usize, usize)> {
-    let size = size_of_block(r, b)?;
+    free_class(b, size_of_block(r, b)?)
+}
+
+/// The class of free block `b` of `size` payload bytes, checked to be one the bitmaps have.
+fn free_class(b: u64, size: u64) -> Result<(usize, usize)> {
     let (fl, sl) = mapping(size);
     if fl >= l::FL_COUNT || size < MIN_PAYLOAD {
         return Err(damaged(format!("block {b} has an impossible size {size}")));
@@ -143,17 +147,17 @@ fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
     Ok(())
 }
 
-/// Splits free block `b` of `have` payload bytes into its first `want` bytes, taken out of the
-/// free lists, and a free tail of the same class, which takes `b`'s place in `b`'s list: two
-/// links and the tail's words instead of a removal and an insertion (which move the bitmaps).
-/// Every word is logged, so a rollback gives back `b` whole, in its list.
-fn carve(tx: &mut Tx, b: u64, want: u64, have: u64) -> Result<()> {
+/// Splits free block `b` (of class `class`, size-and-flags `word`) into its first `want`
+/// payload bytes, taken out of the free lists and marked in use, and a free tail of the same
+/// class, which takes `b`'s place in `b`'s list: two links and the tail's words instead of a
+/// removal and an insertion (which move the bitmaps). Every word is logged, so a rollback gives
+/// back `b` whole, in its list.
+fn carve(tx: &mut Tx, b: u64, word: u64, want: u64, class: (usize, usize)) -> Result<()> {
     let r = *tx.region();
-    let (fl, sl) = class_of(&r, b)?;
     let next = tx.get(b + HDR)?;
     let prev = tx.get(b + HDR + 8)?;
     let rest = b + HDR + want;
-    let rest_size = have - want - HDR;
+    let rest_size = (word & !FLAGS) - want - HDR;
     set_size_flags(tx, rest, rest_size, FREE)?;
     tx.set(rest + HDR, next)?;
     tx.set(rest + HDR + 8, prev)?;
@@ -165,18 +169,18 @@ fn carve(tx: &mut Tx, b: u64, want: u64, have: u64) -> Result<()> {
         check_block(&r, prev)?;
         tx.set(prev + HDR, rest)?;
     } else {
-        tx.set(head_off(fl, sl), rest)?;
+        tx.set(head_off(class.0, class.1), rest)?;
     }
     // The block's own links lie in the payload that is zeroed and written without logging.
     tx.set(b + HDR, 0)?;
     tx.set(b + HDR + 8, 0)?;
     // The neighbour after the tail is in use (free neighbours are always merged).
     tx.set(rest + HDR + rest_size, rest)?;
-    set_size_flags(tx, b, want, flags(&r, b)?)
+    set_size_flags(tx, b, want, word & PREV_FREE)
 }
 
-/// A free block whose payload is at least `size`, or None.
-fn find_suitable(r: &Region, size: u64) -> Result<Option<u64>> {
+/// A free block whose payload is at least `size` with its size-and-flags word, or None.
+fn find_suitable(r: &Region, size: u64) -> Result<Option<(u64, u64)>> {
     let (mut fl, sl) = mapping_search(size);
     if fl >= l::FL_COUNT {
         return Ok(None);
@@ -210,21 +214,23 @@ fn find_suitable(r: &Region, size: u64) -> Result<Option<u64>> {
     usable_free_block(r, b, size).map(Some)
 }
 
-/// Checks that a free block taken from a list is really a free block of at least `size`.
-fn usable_free_block(r: &Region, b: u64, size: u64) -> Result<u64> {
+/// Checks that a free block taken from a list is really a free block of at least `size`, lying
+/// inside the heap. Returns the block with its size-and-flags word, read once.
+fn usable_free_block(r: &Region, b: u64, size: u64) -> Result<(u64, u64)> {
     check_block(r, b)?;
-    next_phys(r, b)?;
-    if flags(r, b)? & FREE == 0 || size_of_block(r, b)? < size {
+    let word = r.load(b + 8)?;
+    end_of(r, b, word & !FLAGS)?;
+    if word & FREE == 0 || word & !FLAGS < size {
         return Err(damaged(format!(
             "free list holds block {b}, which is in use or smaller than its class"
         )));
     }
-    Ok(b)
+    Ok((b, word))
 }
 
 /// The fallback when no class above `size`'s is populated: a block of `size`'s own class may
 /// still be large enough (the class spans a range of sizes). First fit along that one list.
-fn find_in_own_class(r: &Region, size: u64) -> Result<Option<u64>> {
+fn find_in_own_class(r: &Region, size: u64) -> Result<Option<(u64, u64)>> {
     let (fl, sl) = mapping(size);
     if fl >= l::FL_COUNT {
         return Ok(None);
@@ -312,15 +318,18 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
         Some(b) => Some(b),
         None => find_in_own_class(&r, want)?,
     };
-    let Some(b) = found else {
+    let Some((b, word)) = found else {
         return Err(out_of_space(&r, want + HDR));
     };
-    let have = size_of_block(&r, b)?;
+    // Everything below works from this one checked read of the block's header.
+    let have = word & !FLAGS;
+    let class = free_class(b, have)?;
     let splits = have - want >= HDR + MIN_PAYLOAD;
-    if splits && mapping(have - want - HDR) == class_of(&r, b)? {
+    let size = if splits && mapping(have - want - HDR) == class {
         // The tail stays in the block's class (a fresh arena's one large block, carved name
         // after name): it takes the block's place in its list, and no bitmap changes.
-        carve(tx, b, want, have)?;
+        carve(tx, b, word, want, class)?;
+        want
     } else {
         remove_free(tx, b)?;
         // The payload is about to be zeroed and written without logging; log the free-list
@@ -335,26 +344,28 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
             set_size_flags(tx, rest, rest_size, FREE)?;
             let after = rest + HDR + rest_size;
             tx.set(after, rest)?;
-            set_size_flags(tx, b, want, flags(&r, b)?)?;
+            set_size_flags(tx, b, want, word & PREV_FREE)?;
             insert_free(tx, rest)?;
+            want
         } else {
             set_flag(tx, next_phys(&r, b)?, PREV_FREE, false)?;
+            set_size_flags(tx, b, have, word & PREV_FREE)?;
+            have
         }
-    }
-    set_flag(tx, b, FREE, false)?;
-    let total = size_of_block(&r, b)? + HDR;
-    tx.set(l::USED, tx.get(l::USED)?.wrapping_add(total))?;
-    r.fetch_max(l::HIGH_WATER, tx.get(l::USED)?)?;
+    };
+    let used = tx.get(l::USED)?.wrapping_add(size + HDR);
+    tx.set(l::USED, used)?;
+    r.raise(l::HIGH_WATER, used)?;
 
     let payload = b + HDR;
-    let end = payload + size_of_block(&r, b)?;
+    let end = payload + size;
     let pristine = r.load(l::PRISTINE_FROM)?;
     if payload < pristine {
         r.zero(payload, end.min(pristine) - payload)?;
     }
     // Raised without logging and before anything is written: if this update is rolled back,
     // the mark stays conservatively high (more zeroing later, never stale bytes handed out).
-    r.fetch_max(
+    r.raise(
         l::PRISTINE_FROM,
         (end + HDR + MIN_PAYLOAD).min(r.geometry().heap_end),
     )?;

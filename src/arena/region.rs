@@ -264,8 +264,14 @@ impl Region {
         Ok(())
     }
 
-    pub(crate) fn fetch_max(&self, off: u64, value: u64) -> Result<()> {
-        self.word(off)?.fetch_max(value, Ordering::AcqRel);
+    /// Raises the word at `off` to `value` if it is below: a load and a store, not a
+    /// read-modify-write, for the marks only the holder of the arena lock writes (the high
+    /// water mark, the pristine mark); a reader without the lock sees the old or the new value.
+    pub(crate) fn raise(&self, off: u64, value: u64) -> Result<()> {
+        let word = self.word(off)?;
+        if word.load(Ordering::Acquire) < value {
+            word.store(value, Ordering::Release);
+        }
         Ok(())
     }
 
