@@ -397,13 +397,19 @@ struct Chain<'m, M: Mem + ?Sized> {
 impl<'m, M: Mem + ?Sized> Chain<'m, M> {
     #[inline]
     fn new(r: &'m M, bucket: u64) -> Result<Self> {
-        Ok(Chain {
+        Ok(Chain::starting_at(r, r.load(bucket)?))
+    }
+
+    /// The chain whose head (read already) holds `first`.
+    #[inline]
+    fn starting_at(r: &'m M, first: u64) -> Self {
+        Chain {
             r,
-            next: r.load(bucket)?,
+            next: first,
             steps: 0,
             mark: 0,
             power: 1,
-        })
+        }
     }
 
     #[inline]
@@ -802,6 +808,18 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let g = *r.geometry();
     let (from, bit) = (now.split(), 1u64 << now.level());
     let to = from + bit;
+    let heads = |group| head_offset(&g, group, 0);
+    let (mut firsts, mut unused) = (
+        [0u64; l::GROUP_HEADS as usize],
+        [0u64; l::GROUP_HEADS as usize],
+    );
+    r.words(heads(from), &mut firsts)?;
+    r.words(heads(to), &mut unused)?;
+    if unused.iter().any(|&w| w != 0) {
+        return Err(Error::Corrupted(format!(
+            "directory group {to} is not in use yet but holds names"
+        )));
+    }
     // The group's names, head by head and in chain order, each with whether it moves (the
     // low bit: slots are word-aligned), and where each head's run ends. One flat list of
     // words: a typical group holds a few names, and what the split zeroes and copies should
@@ -809,13 +827,8 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let mut names = [0u64; SPLIT_LIMIT as usize];
     let mut ends = [0usize; l::GROUP_HEADS as usize];
     let mut total = 0;
-    for head in 0..l::GROUP_HEADS {
-        if r.load(head_offset(&g, to, head))? != 0 {
-            return Err(Error::Corrupted(format!(
-                "directory group {to} is not in use yet but holds names"
-            )));
-        }
-        let mut chain = Chain::new(&r, head_offset(&g, from, head))?;
+    for (head, &first) in firsts.iter().enumerate() {
+        let mut chain = Chain::starting_at(&r, first);
         while let Some(slot) = chain.step()? {
             if total == SPLIT_LIMIT as usize {
                 return Ok(now);
@@ -823,27 +836,35 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
             names[total] = slot.at | u64::from(slot.hash() & bit != 0);
             total += 1;
         }
-        ends[head as usize] = total;
+        ends[head] = total;
     }
     tx.touch(from)?;
     tx.touch(to)?;
+    // Each head's two lists are rebuilt from their ends, and a link is written only where it
+    // changes. What each link holds now is known from the walk: a head of `from` its run's
+    // first name, a head of `to` nothing, a name the name after it in the run.
+    let slot_of = |n: u64| n & !1;
     let mut start = 0;
-    for head in 0..l::GROUP_HEADS {
-        let run = &names[start..ends[head as usize]];
-        start = ends[head as usize];
-        // Two lists rebuilt from their ends: each link is written only where it changes.
-        for (moves, group) in [(0, from), (1, to)] {
-            let mut link = head_offset(&g, group, head);
-            for slot in run.iter().filter(|&&n| n & 1 == moves).map(|&n| n & !1) {
-                if tx.get(link)? != slot {
+    for (head, (&end, &first)) in ends.iter().zip(&firsts).enumerate() {
+        for (moves, group, held) in [(0, from, first), (1, to, 0)] {
+            let (mut link, mut holds) = (heads(group) + head as u64 * 8, held);
+            for i in (start..end).filter(|&i| names[i] & 1 == moves) {
+                let slot = slot_of(names[i]);
+                if holds != slot {
                     tx.set(link, slot)?;
                 }
                 link = slot + l::E_NEXT;
+                holds = if i + 1 < end {
+                    slot_of(names[i + 1])
+                } else {
+                    0
+                };
             }
-            if tx.get(link)? != 0 {
+            if holds != 0 {
                 tx.set(link, 0)?;
             }
         }
+        start = end;
     }
     tx.set(l::EXTENT, now.grown().0)?;
     Ok(now.grown())
