@@ -593,9 +593,10 @@ pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
     false
 }
 
-/// Under the lock: whether the miss that [`lookup_fast`] reported with `version` and `extent`
-/// still holds (no split since, and no update changed a chain of that group; a recovery moves
-/// every odd version), so that the name can be inserted without walking its chain again.
+/// Whether the miss that [`lookup_fast`] reported with `version` and `extent` still holds (no
+/// split since, and no update changed a chain of that group; a recovery moves every odd
+/// version). Under the lock, true means the name can be inserted without walking its chain
+/// again; without it (a waiter for the lock), false means the name may have appeared.
 pub(crate) fn still_missing(r: &Region, h: u64, version: u64, extent: u64) -> bool {
     extent_hint(r) == extent
         && r.version(Extent(extent).group_of(r.geometry(), h))
