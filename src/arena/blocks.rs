@@ -79,45 +79,46 @@ impl Arena {
         };
         // An existing name without the lock. Anything unexpected (a size or alignment that
         // does not fit, damage, a race lost again and again) is decided under the lock
-        // instead, where the errors are reported.
-        let mut attempts = 0;
-        let outcome = loop {
-            attempts += 1;
-            if attempts > 4 {
-                break self.locked(|tx| find_or_insert(tx, None));
-            }
-            let slot = match directory::lookup_fast(r, key, h) {
-                Fast::Hit(slot) => slot,
-                // With several ranks on the same names, the holder of the lock is most often
-                // creating this very name: a waiter that sees the name's group change gives
-                // up the wait and looks again, so that it takes its reference without the lock
-                // instead of queueing behind the creator only to find the name.
-                Fast::Miss { version, extent } => {
-                    let changed =
-                        || (!directory::still_missing(r, h, version, extent)).then_some(());
-                    match self
-                        .locked_unless(changed, |tx| find_or_insert(tx, Some((version, extent))))
-                    {
-                        Ok(Err(())) => continue,
-                        Ok(Ok(done)) => break Ok(done),
-                        Err(e) => break Err(e),
+        // instead, where the errors are reported: the fast path ends with `None` for that.
+        let decided = 'fast: {
+            for _ in 0..4 {
+                let slot = match directory::lookup_fast(r, key, h) {
+                    Fast::Hit(slot) => slot,
+                    // With several ranks on the same names, the holder of the lock is most
+                    // often creating this very name: a waiter that sees the name's group
+                    // change gives up the wait and looks again, so that it takes its reference
+                    // without the lock instead of queueing behind the creator to find it.
+                    Fast::Miss { version, extent } => {
+                        let changed =
+                            || (!directory::still_missing(r, h, version, extent)).then_some(());
+                        let missing = Some((version, extent));
+                        match self.locked_unless(changed, |tx| find_or_insert(tx, missing)) {
+                            Ok(Err(())) => continue,
+                            Ok(Ok(done)) => break 'fast Some(Ok(done)),
+                            Err(e) => break 'fast Some(Err(e)),
+                        }
                     }
+                    // Often another process creating this very name: wait for it, then take a
+                    // reference without the lock like everyone else.
+                    Fast::Busy if directory::wait_for_chain(r, h) => continue,
+                    Fast::Busy => break,
+                };
+                let Ok((data, size)) = slot.placed(r.geometry(), align) else {
+                    break;
+                };
+                if size != bytes {
+                    break;
                 }
-                // Often another process creating this very name: wait for it, then take a
-                // reference without the lock like everyone else.
-                Fast::Busy if directory::wait_for_chain(r, h) => continue,
-                Fast::Busy => break self.locked(|tx| find_or_insert(tx, None)),
-            };
-            let Ok((data, size)) = slot.placed(r.geometry(), align) else {
-                break self.locked(|tx| find_or_insert(tx, None));
-            };
-            if size != bytes {
-                break self.locked(|tx| find_or_insert(tx, None));
+                let state = slot.state();
+                if directory::take_reference(r, slot.at, state)? {
+                    return self.hand_out(slot.at, state.generation(), data, size, false);
+                }
             }
-            let state = slot.state();
-            if directory::take_reference(r, slot.at, state)? {
-                return self.hand_out(slot.at, state.generation(), data, size, false);
-            }
+            None
+        };
+        let outcome = match decided {
+            Some(outcome) => outcome,
+            None => self.locked(|tx| find_or_insert(tx, None)),
         };
         let (entry, generation, created, (data, size)) = match outcome {
             // Parked blocks are merged back into the heap only when that may make room.

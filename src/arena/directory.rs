@@ -809,13 +809,12 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let g = *r.geometry();
     let (from, bit) = (now.split(), 1u64 << now.level());
     let to = from + bit;
-    let heads = |group| head_offset(&g, group, 0);
     let (mut firsts, mut unused) = (
         [0u64; l::GROUP_HEADS as usize],
         [0u64; l::GROUP_HEADS as usize],
     );
-    r.words(heads(from), &mut firsts)?;
-    r.words(heads(to), &mut unused)?;
+    r.words(head_offset(&g, from, 0), &mut firsts)?;
+    r.words(head_offset(&g, to, 0), &mut unused)?;
     if unused.iter().any(|&w| w != 0) {
         return Err(Error::Corrupted(format!(
             "directory group {to} is not in use yet but holds names"
@@ -848,7 +847,7 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let mut start = 0;
     for (head, (&end, &first)) in ends.iter().zip(&firsts).enumerate() {
         for (moves, group, held) in [(0, from, first), (1, to, 0)] {
-            let (mut link, mut holds) = (heads(group) + head as u64 * 8, held);
+            let (mut link, mut holds) = (head_offset(&g, group, head as u64), held);
             for i in (start..end).filter(|&i| names[i] & 1 == moves) {
                 let slot = slot_of(names[i]);
                 if holds != slot {

@@ -68,7 +68,7 @@ pub(crate) unsafe fn init(m: *mut libc::pthread_mutex_t) -> Result<()> {
 /// Locks `m`, waiting at most `timeout`. While it spins (the first few microseconds of the
 /// wait), `give_up` is asked after every try that found the lock held: when it returns a
 /// value, the wait ends without the lock and that value comes back as `Ok(Err(value))`.
-/// Waiters that can never give up pass `|| None::<Infallible>`.
+/// Waiters that can never give up pass [`never`].
 ///
 /// # Safety
 /// `m` must point to a mutex initialised by [`init`] inside a live shared mapping.
@@ -227,6 +227,11 @@ pub(crate) unsafe fn acquire<'a, G>(
     }))
 }
 
+/// The `give_up` of a waiter that never gives up.
+fn never() -> Option<Infallible> {
+    None
+}
+
 /// What a wait that cannot give up returns.
 fn no_give_up<T>(waited: std::result::Result<T, Infallible>) -> T {
     match waited {
@@ -287,8 +292,7 @@ impl Arena {
 
     /// Runs `update` under the arena lock as one transaction: either all of it happens or none.
     pub(super) fn locked<T>(&self, update: impl FnOnce(&mut Tx) -> Result<T>) -> Result<T> {
-        self.locked_unless(|| None::<Infallible>, update)
-            .map(no_give_up)
+        self.locked_unless(never, update).map(no_give_up)
     }
 
     /// As [`locked`](Self::locked), but while another process holds the lock and this one
@@ -367,7 +371,7 @@ impl Arena {
                 self.pid,
                 timeout,
                 "user lock",
-                || None::<Infallible>,
+                never,
             )
             .map(no_give_up)?
         };
