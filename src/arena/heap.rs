@@ -150,17 +150,36 @@ fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
 /// Splits free block `b` (of class `class`, size-and-flags `word`) into its first `want`
 /// payload bytes, taken out of the free lists and marked in use, and a free tail of the same
 /// class, which takes `b`'s place in `b`'s list: two links and the tail's words instead of a
-/// removal and an insertion (which move the bitmaps). Every word is logged, so a rollback gives
-/// back `b` whole, in its list.
-fn carve(tx: &mut Tx, b: u64, word: u64, want: u64, class: (usize, usize)) -> Result<()> {
+/// removal and an insertion (which move the bitmaps). Every word that a rollback must give
+/// back is logged, so that it gives back `b` whole, in its list.
+///
+/// The tail's own three words are stored without logging when they lie at or above
+/// `pristine`, the mark as it was before this update: they are raised below the mark first
+/// (the mark is never lowered, a rollback included), so that memory is zeroed before anyone
+/// is handed it, and after a rollback they are bytes inside `b`'s payload past its links,
+/// which nothing reads. A fresh arena's carve, name after name, logs 5 words instead of 8.
+fn carve(
+    tx: &mut Tx,
+    b: u64,
+    word: u64,
+    want: u64,
+    class: (usize, usize),
+    pristine: u64,
+) -> Result<()> {
     let r = *tx.region();
     let next = tx.get(b + HDR)?;
     let prev = tx.get(b + HDR + 8)?;
     let rest = b + HDR + want;
     let rest_size = (word & !FLAGS) - want - HDR;
-    set_size_flags(tx, rest, rest_size, FREE)?;
-    tx.set(rest + HDR, next)?;
-    tx.set(rest + HDR + 8, prev)?;
+    if rest >= pristine {
+        // Below `rest_size`'s end: the tail holds at least MIN_PAYLOAD bytes.
+        r.raise(l::PRISTINE_FROM, rest + HDR + MIN_PAYLOAD)?;
+        r.store_words(rest + 8, &[rest_size | FREE, next, prev])?;
+    } else {
+        set_size_flags(tx, rest, rest_size, FREE)?;
+        tx.set(rest + HDR, next)?;
+        tx.set(rest + HDR + 8, prev)?;
+    }
     if next != 0 {
         check_block(&r, next)?;
         tx.set(next + HDR + 8, rest)?;
@@ -325,10 +344,13 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     let have = word & !FLAGS;
     let class = free_class(b, have)?;
     let splits = have - want >= HDR + MIN_PAYLOAD;
+    // Only the lock holder raises the mark, so it is the same below until this update
+    // raises it: what lies at or above it is still zero.
+    let pristine = r.load(l::PRISTINE_FROM)?;
     let size = if splits && mapping(have - want - HDR) == class {
         // The tail stays in the block's class (a fresh arena's one large block, carved name
         // after name): it takes the block's place in its list, and no bitmap changes.
-        carve(tx, b, word, want, class)?;
+        carve(tx, b, word, want, class, pristine)?;
         want
     } else {
         remove_free(tx, b)?;
@@ -359,7 +381,6 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
 
     let payload = b + HDR;
     let end = payload + size;
-    let pristine = r.load(l::PRISTINE_FROM)?;
     if payload < pristine {
         r.zero(payload, end.min(pristine) - payload)?;
     }
