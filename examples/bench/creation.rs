@@ -44,45 +44,66 @@ struct Variant {
     /// blocks to its host (virtio-balloon free page reporting), so a THP allocation made after
     /// the 4 KiB variants freed theirs pays host faults a bare-metal node never sees.
     back_to_back: bool,
-    /// None: an MPI window.
-    traits: Option<fn(u64, &Ctx) -> Traits>,
+    kind: Kind,
 }
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `make_resource` with these traits.
+    Nodeshm(fn(u64, &Ctx) -> Traits),
+    Window,
+    /// Only the page reservation of a small arena (each rank `posix_fallocate`s its share of
+    /// one file), timed alone: the part of nodeshm's "ready" that makes a full `/dev/shm` an
+    /// error at creation instead of a SIGBUS later, which the window does not pay until its
+    /// pages are touched.
+    ReserveOnly,
+}
+
+/// The label of the reservation-alone row, which the targets quote.
+pub const RESERVE_ONLY: &str = "reserving the pages alone (fallocate)";
 
 fn variants(ctx: &Ctx, largest: bool) -> Vec<Variant> {
     let mut v = vec![
         Variant {
             label: "nodeshm",
-            traits: Some(|size, _| Traits::new(size)),
+            kind: Kind::Nodeshm(|size, _| Traits::new(size)),
             back_to_back: false,
         },
         Variant {
             label: "MPI_Win_allocate_shared",
-            traits: None,
+            kind: Kind::Window,
             back_to_back: false,
         },
     ];
     v.push(Variant {
         label: "nodeshm fallocate",
-        traits: Some(|size, _| Traits::new(size).reservation(Reservation::Fallocate)),
+        kind: Kind::Nodeshm(|size, _| Traits::new(size).reservation(Reservation::Fallocate)),
         back_to_back: false,
     });
     if !largest {
+        v.push(Variant {
+            label: RESERVE_ONLY,
+            kind: Kind::ReserveOnly,
+            back_to_back: false,
+        });
         return v;
     }
     v.push(Variant {
         label: "nodeshm fallocate+populate",
-        traits: Some(|size, _| Traits::new(size).reservation(Reservation::FallocateThenPopulate)),
+        kind: Kind::Nodeshm(|size, _| {
+            Traits::new(size).reservation(Reservation::FallocateThenPopulate)
+        }),
         back_to_back: false,
     });
     v.push(Variant {
         label: "nodeshm + prefault",
-        traits: Some(|size, _| Traits::new(size).prefault(true)),
+        kind: Kind::Nodeshm(|size, _| Traits::new(size).prefault(true)),
         back_to_back: false,
     });
     if ctx.huge_dir.is_some() {
         v.push(Variant {
             label: "nodeshm THP, reps back to back",
-            traits: Some(|size, ctx| {
+            kind: Kind::Nodeshm(|size, ctx| {
                 Traits::new(size)
                     .dir(ctx.huge_dir.as_deref().unwrap_or("/dev/shm"))
                     .huge_pages(HugePages::Transparent)
@@ -93,7 +114,7 @@ fn variants(ctx: &Ctx, largest: bool) -> Vec<Variant> {
     if ctx.hugetlb_dir.is_some() {
         v.push(Variant {
             label: "nodeshm hugetlbfs, reps back to back",
-            traits: Some(|size, ctx| {
+            kind: Kind::Nodeshm(|size, ctx| {
                 Traits::new(size)
                     .dir(ctx.hugetlb_dir.as_deref().unwrap_or("/dev/hugepages"))
                     .huge_pages(HugePages::Required)
@@ -122,16 +143,20 @@ fn once(ctx: &Ctx, variant: &Variant, size: u64, rep: usize) -> Run {
     ctx.world.barrier();
     let faults = minor_faults();
     let t0 = Instant::now();
-    let Some(make) = variant.traits else {
-        let win = SharedWindow::allocate(node, size as usize);
-        let ready = t0.elapsed().as_secs_f64();
-        let at_ready = minor_faults();
-        // SAFETY: each rank writes only its share of the window.
-        unsafe { touch_share(win.base, win.size, rank, ranks) };
-        ctx.world.barrier();
-        let run = finish(ctx, t0, ready, faults, at_ready, f64::NAN);
-        drop(win);
-        return run;
+    let make = match variant.kind {
+        Kind::Nodeshm(make) => make,
+        Kind::ReserveOnly => return reserve_only(ctx, size, rep),
+        Kind::Window => {
+            let win = SharedWindow::allocate(node, size as usize);
+            let ready = t0.elapsed().as_secs_f64();
+            let at_ready = minor_faults();
+            // SAFETY: each rank writes only its share of the window.
+            unsafe { touch_share(win.base, win.size, rank, ranks) };
+            ctx.world.barrier();
+            let run = finish(ctx, t0, ready, faults, at_ready, f64::NAN);
+            drop(win);
+            return run;
+        }
     };
     let name = format!("SHARED::create-{size}-{rep}-{}", variant.label.len());
     let calls = nodeshm::comm::collective_calls();
@@ -154,6 +179,56 @@ fn once(ctx: &Ctx, variant: &Variant, size: u64, rep: usize) -> Run {
     ctx.rm.remove_allocator(&name);
     drop(alloc);
     run
+}
+
+/// One repetition of [`Kind::ReserveOnly`]: node rank 0 makes a file of `size` bytes in
+/// `/dev/shm` and every rank opens it; the file is unlinked before anything is timed, so that
+/// nothing is left behind. Then each rank reserves its page-aligned share, as
+/// `make_resource` does, and the slowest rank's time is the row's "ready".
+fn reserve_only(ctx: &Ctx, size: u64, rep: usize) -> Run {
+    use std::os::fd::AsFd;
+    let node = ctx.rm.node_communicator();
+    let (rank, ranks) = (node.rank() as u64, node.size() as u64);
+    let mut pid = std::process::id();
+    node.process_at_rank(0).broadcast_into(&mut pid);
+    let path = format!("/dev/shm/nodeshm-bench-reserve-{pid}-{size}-{rep}");
+    if rank == 0 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("scratch file");
+        file.set_len(size).expect("scratch size");
+    }
+    node.barrier();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open scratch file");
+    node.barrier();
+    if rank == 0 {
+        std::fs::remove_file(&path).expect("unlink scratch file");
+    }
+    ctx.world.barrier();
+    let page = 4096;
+    let pages = size / page;
+    let (first, last) = (pages * rank / ranks, pages * (rank + 1) / ranks);
+    let t0 = Instant::now();
+    nix::fcntl::posix_fallocate(
+        file.as_fd(),
+        (first * page) as i64,
+        ((last - first) * page) as i64,
+    )
+    .expect("posix_fallocate");
+    let ready = t0.elapsed().as_secs_f64();
+    Run {
+        ready: max(ctx.world, ready),
+        touched: f64::NAN,
+        faults_ready: f64::NAN,
+        faults_touch: f64::NAN,
+        calls: f64::NAN,
+    }
 }
 
 /// Reduces one repetition's local figures (after the timed part, so that these reductions
@@ -208,6 +283,9 @@ pub fn creation(ctx: &mut Ctx) {
                 pick(|r| r.ready) * 1e3,
                 "ms",
             );
+            if matches!(v.kind, Kind::ReserveOnly) {
+                continue;
+            }
             let touched = pick(|r| r.touched) * 1e3;
             r.add("creation", v.label, &label, "ready+touched", touched, "ms");
             r.add(
@@ -226,7 +304,7 @@ pub fn creation(ctx: &mut Ctx) {
                 pick(|r| r.faults_touch),
                 "",
             );
-            if v.traits.is_some() {
+            if matches!(v.kind, Kind::Nodeshm(_)) {
                 r.add(
                     "creation",
                     v.label,

@@ -72,9 +72,19 @@ fn targets(r: &report::Report, ranks: i32, quick: bool) -> Vec<Target> {
         r.get("creation", "MPI_Win_allocate_shared", "1 MiB", "ready"),
     );
     if let (Some(o), Some(w)) = (o, w) {
+        // What reserving the pages alone took in the same run: the no-SIGBUS part of "ready",
+        // which the window pays only when its pages are touched.
+        let reserve = r
+            .get("creation", creation::RESERVE_ONLY, "1 MiB", "ready")
+            .map_or(String::new(), |p| {
+                format!(
+                    "; reserving the pages alone {p:.3} ms, the rest x{:.2}",
+                    (o - p) / w
+                )
+            });
         push(
             "1 MiB ready within 1.3x of MPI_Win_allocate_shared".into(),
-            format!("{:.3} ms vs {:.3} ms: x{:.2}", o, w, o / w),
+            format!("{:.3} ms vs {:.3} ms: x{:.2}{reserve}", o, w, o / w),
             o <= 1.3 * w,
         );
     }
