@@ -174,6 +174,10 @@ fn carve(
     if rest >= pristine {
         // Below `rest_size`'s end: the tail holds at least MIN_PAYLOAD bytes.
         r.raise(l::PRISTINE_FROM, rest + HDR + MIN_PAYLOAD)?;
+        // Read before it is written: the tail is often the first word of a page that another
+        // rank reserved, not yet in this process's page tables, and a read fault maps the
+        // pages around it as well (fault-around) where a write fault maps one.
+        std::hint::black_box(r.load(rest + 8)?);
         r.store_words(rest + 8, &[rest_size | FREE, next, prev])?;
     } else {
         set_size_flags(tx, rest, rest_size, FREE)?;
