@@ -969,13 +969,11 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
     let (group, bucket) = current_extent(&r)?.chain_of(r.geometry(), h);
     let mut link = bucket;
     let mut chain = Chain::new(&r, bucket)?;
-    loop {
+    // Stops at the link that holds `e`, without reading `e`'s slot a second time.
+    while chain.next != e {
         let Some(x) = chain.step()? else {
             return Ok(());
         };
-        if x.at == e {
-            break;
-        }
         link = x.at + l::E_NEXT;
     }
     tx.touch(group)?;
