@@ -435,6 +435,31 @@ fn holes(arena: &Arena, prefix: &str, count: u64, size: impl Fn(u64) -> u64, eve
 /// One metadata update, as the tests drive it.
 type Update<'a> = dyn Fn(&mut Tx) -> crate::Result<()> + 'a;
 
+/// Runs `update` as a process killed at its logged write `stop_after` would leave it (no
+/// commit, no drop), then recovers as the next locker does; whether the update got to its end.
+fn interrupted(arena: &Arena, stop_after: u64, update: &Update) -> bool {
+    let r = arena.region;
+    let mut tx = Tx::begin(&r);
+    tx.limit = Some(stop_after);
+    let done = update(&mut tx).is_ok();
+    std::mem::forget(tx);
+    lock::recover(&r).unwrap();
+    done
+}
+
+/// Checks that `arena` verifies and holds the names and figures it held `before` (`what`
+/// names the case in a failure).
+fn assert_as_before(arena: &Arena, before: &(Vec<EntryInfo>, Stats), what: &str) {
+    arena.verify().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(arena.entries().unwrap(), before.0, "{what}");
+    let (now, then) = (arena.stats().unwrap(), &before.1);
+    assert_eq!(
+        (now.used, now.live_blocks, now.free),
+        (then.used, then.live_blocks, then.free),
+        "{what}"
+    );
+}
+
 /// An update abandoned halfway (as by a killed process) is undone by `roll_back`, at every
 /// possible stopping point.
 #[test]
@@ -452,8 +477,7 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
     let hole = arena.allocate("hole", 5000).unwrap();
     let fence = arena.allocate("fence", 5000).unwrap();
     arena.deallocate(hole).unwrap();
-    let before = arena.entries().unwrap();
-    let stats = arena.stats().unwrap();
+    let before = (arena.entries().unwrap(), arena.stats().unwrap());
     let key = b"interrupted";
     let updates: [(&str, &Update); 5] = [
         ("insert into a parked block", &|tx| {
@@ -485,20 +509,11 @@ fn rollback_undoes_an_interrupted_update_at_any_point() {
     for (what, update) in updates {
         let mut completed = false;
         for stop_after in 1..80u64 {
-            let mut tx = Tx::begin(&r);
-            tx.limit = Some(stop_after);
-            completed |= update(&mut tx).is_ok();
-            std::mem::forget(tx); // the process "dies" here: no commit, no drop
-            lock::recover(&r).unwrap();
-            arena
-                .verify()
-                .unwrap_or_else(|e| panic!("{what}, stopped at write {stop_after}: {e}"));
-            assert_eq!(arena.entries().unwrap(), before, "{what}, {stop_after}");
-            let now = arena.stats().unwrap();
-            assert_eq!(
-                (now.used, now.live_blocks, now.free),
-                (stats.used, stats.live_blocks, stats.free),
-                "{what}, {stop_after}"
+            completed |= interrupted(&arena, stop_after, update);
+            assert_as_before(
+                &arena,
+                &before,
+                &format!("{what}, stopped at write {stop_after}"),
             );
         }
         assert!(completed, "{what}: every stopping point was tried");
@@ -521,27 +536,15 @@ fn an_interrupted_carve_of_fresh_memory_leaves_it_zero_at_any_point() {
         let _held: Vec<_> = (0..5)
             .map(|i| arena.allocate(&format!("n{i}"), 100).unwrap())
             .collect();
-        let before = arena.entries().unwrap();
-        let stats = arena.stats().unwrap();
+        let before = (arena.entries().unwrap(), arena.stats().unwrap());
         let r = arena.region;
         let mark = r.load(l::PRISTINE_FROM).unwrap();
-        let mut tx = Tx::begin(&r);
-        tx.limit = Some(stop_after);
-        let done = directory::insert(&mut tx, key, directory::hash(key), 300, 64).is_ok();
+        let done = interrupted(&arena, stop_after, &|tx| {
+            directory::insert(tx, key, directory::hash(key), 300, 64).map(drop)
+        });
         completed |= done;
-        std::mem::forget(tx);
-        lock::recover(&r).unwrap();
         fresh_then_stopped |= !done && r.load(l::PRISTINE_FROM).unwrap() > mark;
-        arena
-            .verify()
-            .unwrap_or_else(|e| panic!("stopped at write {stop_after}: {e}"));
-        assert_eq!(arena.entries().unwrap(), before, "{stop_after}");
-        let now = arena.stats().unwrap();
-        assert_eq!(
-            (now.used, now.free),
-            (stats.used, stats.free),
-            "{stop_after}"
-        );
+        assert_as_before(&arena, &before, &format!("stopped at write {stop_after}"));
         // Larger than the interrupted block: it covers where the tail's words went.
         let next = arena.allocate("after", 8000).unwrap();
         assert!(
