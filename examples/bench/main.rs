@@ -208,7 +208,9 @@ fn main() {
         .trim_end_matches(['\0', '\n', ' '])
         .to_string();
     let mpi_version = mpi_version.lines().next().unwrap_or("").trim().to_string();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The node's online CPUs, not this rank's affinity (a bound rank has one).
+    // SAFETY: sysconf only reads a system value.
+    let cores = unsafe { nix::libc::sysconf(nix::libc::_SC_NPROCESSORS_ONLN) }.max(0);
     let date = std::process::Command::new("date")
         .args(["-u", "+%F %H:%M UTC"])
         .output()
