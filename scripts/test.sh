@@ -34,11 +34,26 @@ section "format and lints (Open MPI)"
     fi
 )
 
+# The main demo's claim, checked on its output (examples/node_table.rs and its Python twin):
+# the node holds one copy, node Pss about 1/4 of four private copies. A missing share, or a
+# copy per rank, lands far from it.
+check_one_copy() {
+    local out ratio
+    out=$("$@")
+    echo "$out"
+    ratio=$(awk '/ratio/ { print $3 }' <<<"$out")
+    awk -v r="$ratio" 'BEGIN { exit !(r > 0.15 && r < 0.35) }' || {
+        echo "$*: node Pss ratio '$ratio', expected about 0.25 (one copy per node)" >&2
+        return 1
+    }
+}
+
 section "every test under Open MPI + mpirun"
 (
     source scripts/mpi-env.sh
     cargo test --workspace --all-targets
     cargo test --workspace --doc
+    check_one_copy scripts/mpi-launch.sh -n 4 -- "$CARGO_TARGET_DIR/debug/examples/node_table" --mib 64
 )
 
 section "lints and MPI tests under MPICH + mpirun (target/mpich)"
@@ -77,7 +92,7 @@ for impl in openmpi mpich; do
         source scripts/mpi-env.sh
         py=$(scripts/python-env.sh)
         "$py" -m pytest -q python/tests
-        scripts/mpi-launch.sh -n 4 -- "$py" examples/python/node_table.py --mib 16
+        check_one_copy scripts/mpi-launch.sh -n 4 -- "$py" examples/python/node_table.py --mib 16
         scripts/mpi-launch.sh -n 2 -- "$py" examples/python/bench.py -n 200 > "$CARGO_TARGET_DIR/python-bench.txt"
         echo "python benchmark ran: $(grep -c . "$CARGO_TARGET_DIR/python-bench.txt") lines"
     )
