@@ -53,6 +53,8 @@ section "every test under Open MPI + mpirun"
     source scripts/mpi-env.sh
     cargo test --workspace --all-targets
     cargo test --workspace --doc
+    # cargo test leaves examples under hashed names only.
+    cargo build --example node_table
     check_one_copy scripts/mpi-launch.sh -n 4 -- "$CARGO_TARGET_DIR/debug/examples/node_table" --mib 64
 )
 
