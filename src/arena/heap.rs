@@ -154,10 +154,11 @@ fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
 /// back is logged, so that it gives back `b` whole, in its list.
 ///
 /// The tail's own three words are stored without logging when they lie at or above
-/// `pristine`, the mark as it was before this update: they are raised below the mark first
-/// (the mark is never lowered, a rollback included), so that memory is zeroed before anyone
-/// is handed it, and after a rollback they are bytes inside `b`'s payload past its links,
-/// which nothing reads. A fresh arena's carve, name after name, logs 5 words instead of 8.
+/// `pristine`, the mark as it was before this update. The caller has already raised the mark
+/// past them (it is never lowered, a rollback included), so that memory is zeroed before
+/// anyone is handed it, and after a rollback they are bytes inside `b`'s payload past its
+/// links, which nothing reads. A fresh arena's carve, name after name, logs 5 words instead
+/// of 8.
 fn carve(
     tx: &mut Tx,
     b: u64,
@@ -172,8 +173,6 @@ fn carve(
     let rest = b + HDR + want;
     let rest_size = (word & !FLAGS) - want - HDR;
     if rest >= pristine {
-        // Below `rest_size`'s end: the tail holds at least MIN_PAYLOAD bytes.
-        r.raise(l::PRISTINE_FROM, rest + HDR + MIN_PAYLOAD)?;
         // Read before it is written: the tail is often the first word of a page that another
         // rank reserved, not yet in this process's page tables, and a read fault maps the
         // pages around it as well (fault-around) where a write fault maps one.
@@ -348,14 +347,21 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     let have = word & !FLAGS;
     let class = free_class(b, have)?;
     let splits = have - want >= HDR + MIN_PAYLOAD;
-    // Only the lock holder raises the mark, so it is the same below until this update
-    // raises it: what lies at or above it is still zero.
+    let size = if splits { want } else { have };
+    let (payload, end) = (b + HDR, b + HDR + size);
+    // What lies at or above the mark is still zero (only the lock holder moves it). It is
+    // raised past the block and a tail's header and links before anything is written, and
+    // without logging: if this update is rolled back, the mark stays conservatively high
+    // (more zeroing later, never stale bytes handed out).
     let pristine = r.load(l::PRISTINE_FROM)?;
-    let size = if splits && mapping(have - want - HDR) == class {
+    r.raise(
+        l::PRISTINE_FROM,
+        (end + HDR + MIN_PAYLOAD).min(r.geometry().heap_end),
+    )?;
+    if splits && mapping(have - want - HDR) == class {
         // The tail stays in the block's class (a fresh arena's one large block, carved name
         // after name): it takes the block's place in its list, and no bitmap changes.
         carve(tx, b, word, want, class, pristine)?;
-        want
     } else {
         remove_free(tx, b)?;
         // The payload is about to be zeroed and written without logging; log the free-list
@@ -372,28 +378,17 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
             tx.set(after, rest)?;
             set_size_flags(tx, b, want, word & PREV_FREE)?;
             insert_free(tx, rest)?;
-            want
         } else {
             set_flag(tx, next_phys(&r, b)?, PREV_FREE, false)?;
             set_size_flags(tx, b, have, word & PREV_FREE)?;
-            have
         }
-    };
+    }
     let used = tx.get(l::USED)?.wrapping_add(size + HDR);
     tx.set(l::USED, used)?;
     r.raise(l::HIGH_WATER, used)?;
-
-    let payload = b + HDR;
-    let end = payload + size;
     if payload < pristine {
         r.zero(payload, end.min(pristine) - payload)?;
     }
-    // Raised without logging and before anything is written: if this update is rolled back,
-    // the mark stays conservatively high (more zeroing later, never stale bytes handed out).
-    r.raise(
-        l::PRISTINE_FROM,
-        (end + HDR + MIN_PAYLOAD).min(r.geometry().heap_end),
-    )?;
     Ok(payload)
 }
 
