@@ -1,13 +1,17 @@
 // Boost.Interprocess peer for the nodeshm benchmark: named allocation in one
 // managed_shared_memory segment by P processes at once, as nodeshm's benchmark measures it.
 //
-//   boost_peer <processes> <samples> <live names>
+//   boost_peer <processes> <samples> <live names> [<cpus of process 0> <cpus of process 1> ...]
 //
 // Forks <processes> children that meet at a barrier in the segment, then each calls
 // find_or_construct<Object> (64 bytes) on "probe-<i>" for i < samples (the same names in every
 // process, like nodeshm's "same names" case). One process alone also times find and destroy.
 // Prints one JSON object per line: {"processes":P,"op":...,"median_ns":...,"p99_ns":...},
 // the slowest process's median and p99 (nodeshm's reduction). The segment is removed at exit.
+// The CPU lists ("0,2,5") pin process p to the CPUs of the rank p of the nodeshm job that runs
+// it, so that the peer's processes share cores (or not) exactly as the ranks they are compared
+// with; without them the processes inherit the caller's binding, which under a bound job is
+// rank 0's one core.
 #include <boost/interprocess/managed_shared_memory.hpp>
 
 #include <algorithm>
@@ -18,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +38,21 @@ struct Result {
     double median, p99;
 };
 
+// "0,2,5" as a CPU set; false when the list is not one.
+static bool parse_cpus(const char *list, cpu_set_t *set) {
+    CPU_ZERO(set);
+    const char *p = list;
+    while (*p) {
+        char *end = nullptr;
+        const long cpu = std::strtol(p, &end, 10);
+        if (end == p || cpu < 0 || cpu >= CPU_SETSIZE) return false;
+        CPU_SET(cpu, set);
+        p = *end == ',' ? end + 1 : end;
+        if (*end != ',' && *end != '\0') return false;
+    }
+    return CPU_COUNT(set) > 0;
+}
+
 static Result percentiles(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     if (v.empty()) return {0, 0};
@@ -47,9 +67,17 @@ struct Shared {
 };
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        std::fprintf(stderr, "usage: boost_peer <processes> <samples> <live names>\n");
+    if (argc < 4) {
+        std::fprintf(stderr,
+                     "usage: boost_peer <processes> <samples> <live names> [<cpu list per process>...]\n");
         return 2;
+    }
+    std::vector<cpu_set_t> pins(argc - 4);
+    for (int i = 4; i < argc; ++i) {
+        if (!parse_cpus(argv[i], &pins[i - 4])) {
+            std::fprintf(stderr, "boost_peer: %s is not a CPU list like 0,2,5\n", argv[i]);
+            return 2;
+        }
     }
     const int procs = std::min(std::atoi(argv[1]), 64);
     const int samples = std::atoi(argv[2]);
@@ -64,6 +92,11 @@ int main(int argc, char **argv) {
             segment.construct<Object>(("live-" + std::to_string(i)).c_str())();
         for (int p = 0; p < procs; ++p) {
             if (fork() == 0) {
+                if (!pins.empty() &&
+                    sched_setaffinity(0, sizeof(cpu_set_t), &pins[p % pins.size()]) != 0) {
+                    std::perror("boost_peer: sched_setaffinity");
+                    _exit(1);
+                }
                 bip::managed_shared_memory seg(bip::open_only, name.c_str());
                 auto *s = seg.find<Shared>("shared").first;
                 s->arrived.fetch_add(1);
