@@ -1,12 +1,13 @@
 //! The benchmark cases. Every function is collective over the world communicator: all ranks
 //! call it, and the figures are reduced so that rank 0 holds them.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
-use nodeshm::{HugePages, ResourceManager, Traits};
+use nodeshm::{Allocator, HugePages, ResourceManager, Traits};
 
 use crate::mpiwin::SharedWindow;
 use crate::report::Report;
@@ -106,6 +107,16 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
         timer,
         "ns",
     );
+    if let Some(one_way) = line_transfer(ctx, &alloc) {
+        ctx.report.add(
+            "named",
+            "cache line between ranks 0 and 1, one way",
+            "",
+            "median",
+            one_way,
+            "ns",
+        );
+    }
     for &n in &[1usize, 1_000, 100_000] {
         if rank == 0 {
             while live.len() < n {
@@ -225,6 +236,77 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
     }
     ctx.rm.remove_allocator("SHARED::names");
     curve
+}
+
+/// Collective over the world: how long one cache line takes to go from rank 0's core to rank
+/// 1's (half a round trip of a word the two pass back and forth in the arena: median of 5 runs
+/// of 20,000 round trips; the other ranks sleep meanwhile). Every contended row pays this per
+/// line that changes hands, and on a shared host it is not a constant: this machine gave 26-30
+/// ns in some minutes and 158-168 ns in others. `None` with fewer than 2 ranks, or when the
+/// peer stopped answering (each wait is bounded).
+fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
+    let world = ctx.world;
+    if world.size() < 2 {
+        return None;
+    }
+    let block = alloc
+        .allocate("line-transfer", 64)
+        .expect("line-transfer block");
+    let word = &block.as_atomic_u64()[0];
+    let rank = world.rank();
+    const TRIPS: u64 = 20_000;
+    const RUNS: u64 = 5;
+    idle_barrier(ctx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wait_for = |value: u64| {
+        let mut spins = 0u32;
+        while word.load(Ordering::Acquire) != value {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 4096 == 0 && Instant::now() > deadline {
+                return false;
+            }
+        }
+        true
+    };
+    let mut runs = Vec::new();
+    let mut answered = rank > 1;
+    if rank <= 1 {
+        // Rank 1 counts the odd values up, rank 0 the even ones; timing starts once both are
+        // in the loop (rank 1's first answer), not at a barrier one of them may sleep through.
+        answered = true;
+        let mut value = 0;
+        'runs: for _ in 0..RUNS {
+            let mut start = Instant::now();
+            for trip in 0..=TRIPS {
+                if trip == 1 {
+                    start = Instant::now();
+                }
+                let (ping, pong) = (value + 1, value + 2);
+                value = pong;
+                if rank == 0 {
+                    word.store(ping, Ordering::Release);
+                    answered = wait_for(pong);
+                } else {
+                    answered = wait_for(ping);
+                    word.store(pong, Ordering::Release);
+                }
+                if !answered {
+                    break 'runs;
+                }
+            }
+            runs.push(start.elapsed().as_nanos() as f64 / TRIPS as f64 / 2.0);
+        }
+    }
+    let one_way = if rank == 0 && answered {
+        median(&mut runs)
+    } else {
+        -1.0
+    };
+    idle_barrier(ctx);
+    alloc.deallocate(block).expect("line-transfer block");
+    let one_way = max(world, one_way);
+    (one_way > 0.0).then_some(one_way)
 }
 
 /// Case 2, MPI side: one `MPI_Win_allocate_shared` per 64-byte object, as many as fit the time

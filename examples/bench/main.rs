@@ -123,10 +123,21 @@ fn targets(r: &report::Report, ranks: i32, quick: bool) -> Vec<Target> {
         );
         // What one rank alone pays for a name new to the arena: the part of the all-ranks
         // median that is creation, not contention.
+        // And what a cache line took between two ranks' cores in this run: the host's mode.
+        let line = r
+            .get(
+                "named",
+                "cache line between ranks 0 and 1, one way",
+                "",
+                "median",
+            )
+            .map_or(String::new(), |ns| {
+                format!("; a line between ranks: {ns:.0} ns")
+            });
         let alone = r
             .get("named", "allocate new names (held), 1 rank", live, "median")
             .map_or(String::new(), |a| {
-                format!(" (1 rank, new names: {a:.0} ns)")
+                format!(" (1 rank, new names: {a:.0} ns{line})")
             });
         if let ((Some(m), Some(p)), (Some(bm), Some(bp))) = (ours, theirs) {
             push(
