@@ -4,7 +4,8 @@
 # tmpfs with huge=always and a hugetlbfs (raising nr_hugepages by what 1 GiB needs) for the
 # huge-page comparisons, and restores both afterwards.
 # Then the named case with 2 ranks bound one per core (target/bench-2.json) and the
-# contention case with 8 ranks (target/bench-8.json).
+# contention case with 8 ranks (target/bench-8.json). The named case runs 3 times in each job
+# for the stability target (--named-runs).
 # Usage: scripts/bench.sh [-n RANKS] [--quick] [--only CASE]   (NODESHM_MPI / NODESHM_LAUNCHER: scripts/mpi-launch.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,13 +46,13 @@ if [[ $(id -u) -eq 0 ]]; then
     fi
 fi
 scripts/mpi-launch.sh -n "$ranks" -- "$CARGO_TARGET_DIR/release/examples/bench" "${huge[@]}" \
-    --boost "$CARGO_TARGET_DIR/boost_peer" --json target/bench.json --svg target/bench.svg "${args[@]}"
+    --boost "$CARGO_TARGET_DIR/boost_peer" --named-runs 3 --json target/bench.json --svg target/bench.svg "${args[@]}"
 # Contention beyond the cores: 8 ranks on this machine (--only contention; its own JSON).
 # And the named case with 2 ranks, one per core (not oversubscribed; its own JSON): the
 # targets speak of 2 and 4 ranks on the same names.
 if [[ " ${args[*]} " != *" --only "* ]]; then
     scripts/mpi-launch.sh -n 2 --bind core -- "$CARGO_TARGET_DIR/release/examples/bench" --only named \
-        --boost "$CARGO_TARGET_DIR/boost_peer" --json target/bench-2.json "${args[@]}"
+        --boost "$CARGO_TARGET_DIR/boost_peer" --named-runs 3 --json target/bench-2.json "${args[@]}"
     scripts/mpi-launch.sh -n 8 -- "$CARGO_TARGET_DIR/release/examples/bench" --only contention \
         --json target/bench-8.json "${args[@]}"
 fi

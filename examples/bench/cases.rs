@@ -23,6 +23,9 @@ pub struct Ctx<'a> {
 
 pub const MIB: u64 = 1 << 20;
 
+/// The named case's row for [`line_transfer`]'s figure.
+pub const LINE_TRANSFER: &str = "cache line between ranks 0 and 1, one way";
+
 fn reduce(comm: &SimpleCommunicator, v: f64, op: SystemOperation) -> f64 {
     let mut out = 0f64;
     comm.all_reduce_into(&v, &mut out, op);
@@ -108,14 +111,8 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
         "ns",
     );
     if let Some(one_way) = line_transfer(ctx, &alloc) {
-        ctx.report.add(
-            "named",
-            "cache line between ranks 0 and 1, one way",
-            "",
-            "median",
-            one_way,
-            "ns",
-        );
+        ctx.report
+            .add("named", LINE_TRANSFER, "", "median", one_way, "ns");
     }
     for &n in &[1usize, 1_000, 100_000] {
         if rank == 0 {

@@ -8,7 +8,11 @@
 //!                                                [--hugetlb-dir <hugetlbfs mount>]
 //!                                                [--only creation|named|contention|memory|random]
 //!                                                [--boost <boost_peer binary>]
+//!                                                [--named-runs N]
 //!
+//! `--named-runs N` repeats nodeshm's named case N times in the job (the tables show the first
+//! run) and judges the stability target on the same-names medians of all N, each shown with
+//! the line-transfer time measured in its run.
 //! `scripts/bench.sh` runs it with the arguments used for the README.
 
 mod boost;
@@ -32,6 +36,25 @@ struct Target {
     target: String,
     measured: String,
     met: bool,
+}
+
+/// Where `stability` reads its figures: a line between ranks and the same-names medians.
+const LIVE: [&str; 3] = ["1 live", "1000 live", "100000 live"];
+
+/// One named run's figures for the stability table: (param, value), the line-transfer time
+/// under param "line (one way)" and the same-names allocate median at each live level.
+fn stability_figures(r: &report::Report, ranks: i32) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    if let Some(ns) = r.get("named", cases::LINE_TRANSFER, "", "median") {
+        out.push(("line (one way)".to_string(), ns));
+    }
+    for live in LIVE {
+        let variant = format!("allocate, {ranks} ranks, same names");
+        if let Some(ns) = r.get("named", &variant, live, "median") {
+            out.push((live.to_string(), ns));
+        }
+    }
+    out
 }
 
 /// Checks the targets against what was measured (issue 14's, and the earlier ones that still
@@ -101,7 +124,7 @@ fn targets(r: &report::Report, ranks: i32, quick: bool) -> Vec<Target> {
             );
         }
     }
-    for live in ["1 live", "1000 live", "100000 live"] {
+    for live in LIVE {
         let ours = (
             r.get(
                 "named",
@@ -125,12 +148,7 @@ fn targets(r: &report::Report, ranks: i32, quick: bool) -> Vec<Target> {
         // median that is creation, not contention.
         // And what a cache line took between two ranks' cores in this run: the host's mode.
         let line = r
-            .get(
-                "named",
-                "cache line between ranks 0 and 1, one way",
-                "",
-                "median",
-            )
+            .get("named", cases::LINE_TRANSFER, "", "median")
             .map_or(String::new(), |ns| {
                 format!("; a line between ranks: {ns:.0} ns")
             });
@@ -150,6 +168,47 @@ fn targets(r: &report::Report, ranks: i32, quick: bool) -> Vec<Target> {
                 format!("{p:.0} ns vs Boost {bp:.0} ns"),
                 p <= bp / 4.0,
             );
+        }
+    }
+    // Stability: the same-names medians of every run within 1.5x of each other.
+    let runs: Vec<&str> = {
+        let mut v: Vec<&str> = r
+            .records
+            .iter()
+            .filter(|x| x.case == "stability")
+            .map(|x| x.variant.as_str())
+            .collect();
+        v.dedup();
+        v
+    };
+    if runs.len() > 1 {
+        let lines: Vec<String> = runs
+            .iter()
+            .filter_map(|run| r.get("stability", run, "line (one way)", "median"))
+            .map(|ns| format!("{ns:.0}"))
+            .collect();
+        for live in LIVE {
+            let meds: Vec<f64> = runs
+                .iter()
+                .filter_map(|run| r.get("stability", run, live, "median"))
+                .collect();
+            let (lo, hi) = meds
+                .iter()
+                .fold((f64::MAX, 0f64), |(lo, hi), &m| (lo.min(m), hi.max(m)));
+            if meds.len() == runs.len() && lo > 0.0 {
+                push(
+                    format!(
+                        "{ranks} ranks, same names, {live}: medians of {} runs within 1.5x",
+                        runs.len()
+                    ),
+                    format!(
+                        "{meds:.0?} ns: x{:.2} (a line between ranks: [{}] ns)",
+                        hi / lo,
+                        lines.join(", ")
+                    ),
+                    hi <= 1.5 * lo,
+                );
+            }
         }
     }
     let table = if quick { "64 MiB" } else { "256 MiB" };
@@ -195,6 +254,25 @@ fn main() {
     let (mut ours, mut windows) = (Vec::new(), Vec::new());
     if wanted("named") {
         ours = cases::named(&mut ctx);
+        let runs = arg("--named-runs").and_then(|n| n.parse::<usize>().ok());
+        if let Some(runs) = runs.filter(|&n| n > 1) {
+            let first = std::mem::take(&mut ctx.report);
+            let mut all = vec![stability_figures(&first, ranks)];
+            ctx.report = first;
+            for _ in 1..runs {
+                let kept = std::mem::take(&mut ctx.report);
+                cases::named(&mut ctx);
+                all.push(stability_figures(&ctx.report, ranks));
+                ctx.report = kept;
+            }
+            for (run, figures) in all.iter().enumerate() {
+                for (param, value) in figures {
+                    let variant = format!("run {}", run + 1);
+                    ctx.report
+                        .add("stability", &variant, param, "median", *value, "ns");
+                }
+            }
+        }
         windows = cases::mpi_windows(&mut ctx);
         if let Some(peer) = arg("--boost") {
             boost::named(&mut ctx, &peer);
@@ -237,6 +315,11 @@ fn main() {
         "1. creation: time until every rank can use the memory (median of runs, slowest rank)",
     );
     r.print_case("named", "2. named allocation (64 B), latency per call");
+    r.print_case(
+        "stability",
+        "2b. stability: allocate with every rank on the same names, the named case run again \
+         in this job (and a cache line between ranks 0 and 1 in each run)",
+    );
     r.print_case(
         "contention",
         "3. contention: allocate+deallocate pairs of distinct names",
