@@ -110,7 +110,7 @@ for impl in openmpi mpich; do
         cargo build --example bench
         g++ -O2 -std=c++17 examples/bench/boost_peer.cpp -o "$CARGO_TARGET_DIR/boost_peer" -lrt -pthread
         scripts/mpi-launch.sh -n 4 -- "$CARGO_TARGET_DIR/debug/examples/bench" --quick \
-            --boost "$CARGO_TARGET_DIR/boost_peer" \
+            --boost "$CARGO_TARGET_DIR/boost_peer" --named-runs 2 \
             --json "target/bench-quick-$impl.json" --svg "target/bench-quick-$impl.svg" \
             > "target/bench-quick-$impl.txt"
         echo "benchmark quick mode ran: $(grep -c . "target/bench-quick-$impl.txt") lines in target/bench-quick-$impl.txt"
