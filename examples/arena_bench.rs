@@ -2,7 +2,7 @@
 //! 100,000 live names. Prints a table; `--json FILE` writes the figures too.
 //!
 //!     cargo run --release --example arena_bench [-- --json arena.json] [--live N] [--rounds N]
-//!         [--expected-names N]
+//!         [--expected-names N] [--dir DIR]
 //!
 //! `PROBE_NAMES=N` cycles the probes through N names instead of 20,000 fresh ones (with few,
 //! their directory lines stay in cache: what the directory's size costs shows as the
@@ -38,13 +38,17 @@ fn main() -> nodeshm::Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1 << 18);
+    // `--dir DIR`: the arena's file in DIR (a hugetlbfs or huge=always tmpfs mount, to see
+    // what the TLB costs at 100,000 names) instead of /dev/shm.
+    let dir = std::env::args().skip_while(|a| a != "--dir").nth(1);
     let name = format!("nodeshm-bench-{}", std::process::id());
-    let arena = Arena::create(
-        &name,
-        &Options::new(256 << 20)
-            .unlink(Unlink::AfterAttach { peers: 0 })
-            .expected_names(expected),
-    )?;
+    let mut options = Options::new(256 << 20)
+        .unlink(Unlink::AfterAttach { peers: 0 })
+        .expected_names(expected);
+    if let Some(dir) = dir {
+        options = options.dir(dir);
+    }
+    let arena = Arena::create(&name, &options)?;
     println!(
         "{:>12} {:>10} {:>12} {:>12}",
         "live names", "operation", "median ns", "p99 ns"
