@@ -235,15 +235,22 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
     curve
 }
 
+/// The node's online CPUs (not this rank's binding, which may be one CPU).
+pub fn online_cpus() -> i64 {
+    // SAFETY: sysconf only reads a system value.
+    unsafe { nix::libc::sysconf(nix::libc::_SC_NPROCESSORS_ONLN) }.max(0)
+}
+
 /// Collective over the world: how long one cache line takes to go from rank 0's core to rank
 /// 1's (half a round trip of a word the two pass back and forth in the arena: median of 5 runs
-/// of 20,000 round trips; the other ranks sleep meanwhile). Every contended row pays this per
+/// of 20,000 round trips, 2,000 with `--quick`; the other ranks sleep meanwhile). Every contended row pays this per
 /// line that changes hands, and on a shared host it is not a constant: this machine gave 26-30
 /// ns in some minutes and 158-168 ns in others. `None` with fewer than 2 ranks, or when the
 /// peer stopped answering (each wait is bounded).
 fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
     let world = ctx.world;
-    if world.size() < 2 {
+    // Two ranks sharing one CPU would pass the word once per scheduler slice.
+    if world.size() < 2 || online_cpus() < 2 {
         return None;
     }
     let block = alloc
@@ -251,10 +258,11 @@ fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
         .expect("line-transfer block");
     let word = &block.as_atomic_u64()[0];
     let rank = world.rank();
-    const TRIPS: u64 = 20_000;
+    let trips: u64 = if ctx.quick { 2_000 } else { 20_000 };
     const RUNS: u64 = 5;
     idle_barrier(ctx);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // 100,000 round trips take well under a second even at 1 us a line.
+    let deadline = Instant::now() + Duration::from_secs(3);
     let wait_for = |value: u64| {
         let mut spins = 0u32;
         while word.load(Ordering::Acquire) != value {
@@ -275,7 +283,7 @@ fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
         let mut value = 0;
         'runs: for _ in 0..RUNS {
             let mut start = Instant::now();
-            for trip in 0..=TRIPS {
+            for trip in 0..=trips {
                 if trip == 1 {
                     start = Instant::now();
                 }
@@ -292,7 +300,7 @@ fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
                     break 'runs;
                 }
             }
-            runs.push(start.elapsed().as_nanos() as f64 / TRIPS as f64 / 2.0);
+            runs.push(start.elapsed().as_nanos() as f64 / trips as f64 / 2.0);
         }
     }
     let one_way = if rank == 0 && answered {

@@ -298,8 +298,7 @@ fn main() {
         .to_string();
     let mpi_version = mpi_version.lines().next().unwrap_or("").trim().to_string();
     // The node's online CPUs, not this rank's affinity (a bound rank has one).
-    // SAFETY: sysconf only reads a system value.
-    let cores = unsafe { nix::libc::sysconf(nix::libc::_SC_NPROCESSORS_ONLN) }.max(0);
+    let cores = cases::online_cpus();
     let date = std::process::Command::new("date")
         .args(["-u", "+%F %H:%M UTC"])
         .output()
