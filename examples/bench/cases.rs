@@ -243,10 +243,10 @@ pub fn online_cpus() -> i64 {
 
 /// Collective over the world: how long one cache line takes to go from rank 0's core to rank
 /// 1's (half a round trip of a word the two pass back and forth in the arena: median of 5 runs
-/// of 20,000 round trips, 2,000 with `--quick`; the other ranks sleep meanwhile). Every contended row pays this per
-/// line that changes hands, and on a shared host it is not a constant: this machine gave 26-30
-/// ns in some minutes and 158-168 ns in others. `None` with fewer than 2 ranks, or when the
-/// peer stopped answering (each wait is bounded).
+/// of 20,000 round trips, 2,000 with `--quick`; the other ranks sleep meanwhile). Every
+/// contended row pays this per line that changes hands, and on a shared host it is not a
+/// constant: this machine gave 26-36 ns in some minutes and 150-180 ns in others. `None` with
+/// fewer than 2 ranks or CPUs, or when the peer stopped answering (each wait is bounded).
 fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
     let world = ctx.world;
     // Two ranks sharing one CPU would pass the word once per scheduler slice.
