@@ -83,9 +83,10 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
     let rank = world.rank();
     let samples = if ctx.quick { 2_000 } else { 20_000 };
     // Up to 180,000 names live at once (100,000 plus 4 ranks' 20,000). 2^18 words (2 MiB),
-    // not the 2^20 that would give them the 4 chains each the directory grows to keep: with
-    // 2^20 the 1-rank rows gained about 10 ns at 100,000 names and the 4-rank rows lost
-    // 1.3-1.8x to the splits of a directory growing 4 times further and its larger footprint.
+    // not the 2^20 that would give them the chains per name the directory grows to keep
+    // (then 4): with 2^20 the 1-rank rows gained about 10 ns at 100,000 names and the 4-rank
+    // rows lost 1.3-1.8x to the splits of a directory growing 4 times further and its larger
+    // footprint.
     let traits = Traits::new(256 * MIB).expected_names(1 << 18);
     let alloc = ctx
         .rm

@@ -4,8 +4,8 @@
 //! data share one heap block. Lookups are O(1) expected.
 //!
 //! Only the groups the names need are in use ([`Extent`]): 8 at first, one more split (linear
-//! hashing) by each insert that leaves fewer than 4 chains per name, until the whole array
-//! is, and one merged back by each removal that leaves more than 16. So a few names live in a
+//! hashing) by each insert that leaves fewer than 2 chains per name, until the whole array
+//! is, and one merged back by each removal that leaves more than 8. So a few names live in a
 //! few hot cache lines instead of lines scattered over a directory sized for the most names
 //! the arena may hold, each cold on a name's first use.
 //!
@@ -123,11 +123,16 @@ pub(crate) struct Extent(pub(crate) u64);
 /// the version that every lookup reads.
 const FIRST_LEVEL: u32 = 3;
 
-/// Chains in use per live name the directory grows to keep: a lookup of a missing name reads
-/// the slot of every name on its chain, each likely a cache miss among many names (arena_bench,
-/// 100,000 live names: allocate 380 ns with 1 chain per name, 285 with 2, 265 with 4, 255 with
-/// the whole directory of a million chains; with up to 1,000 names 130-150 ns in all).
-pub(crate) const CHAINS_PER_NAME: u64 = 4;
+/// Chains in use per live name the directory grows to keep. Fewer chains per name mean longer
+/// chains, and a lookup of a missing name reads the slot of every name on its chain, each
+/// likely a cache miss among many names (arena_bench, 100,000 live names, a reservation of
+/// 2^20 words: allocate 380 ns with 1 chain per name, 285 with 2, 265 with 4). More chains per
+/// name mean more splits while names come: 4 split a group every 1.75 new names (about 620 of
+/// the 3,200 instructions a new name cost), 2 every 3.5. With 2, one process making 20,000 new
+/// names went from 440 to 356 ns a name, and 2 and 4 processes on the same names from 461 to
+/// 420 and 401 to 360 (same_names, 40 alternated runs each), while arena_bench's rows at 1,
+/// 1,000 and 100,000 names (reservation 2^18, as the benchmarks) read the same.
+pub(crate) const CHAINS_PER_NAME: u64 = 2;
 
 /// The directory gives its last group back when the chains in use outnumber the live names
 /// this many times: 4 times as many as it grows to keep, so that names coming and going
@@ -576,7 +581,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
 }
 
 /// Links a lock-free lookup follows before it leaves the chain to the lock: far more than a
-/// chain holds with 4 chains per name.
+/// chain holds with 2 chains per name.
 const FAST_STEPS: u32 = 64;
 
 /// After a [`Fast::Busy`]: waits a little (a bounded spin, no clock) for the update of the

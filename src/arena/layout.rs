@@ -126,8 +126,8 @@ pub const GROUP_HEADS: u64 = GROUP_WORDS - 1;
 pub const ATTACHER_SLOTS: usize = 256;
 
 /// How many directory groups are in use: the directory grows by linear hashing, one group
-/// split per insert that leaves fewer than 4 chains per name, up to all of its groups, and
-/// shrinks by one per removal that leaves more than 16, down to 8. A line of its own: every
+/// split per insert that leaves fewer than 2 chains per name, up to all of its groups, and
+/// shrinks by one per removal that leaves more than 8, down to 8. A line of its own: every
 /// lock-free lookup reads it, and only a split or a merge writes it.
 #[repr(C, align(64))]
 pub struct Extent {

@@ -955,7 +955,7 @@ fn names_spread_over_the_chains_like_random_choices() {
     }
 }
 
-/// The directory grows with the names, four chains per name (from 56), and keeps every name
+/// The directory grows with the names, `CHAINS_PER_NAME` chains per name (from 56), and keeps every name
 /// findable, with and without the lock, while groups split; it stops at its size; it shrinks
 /// back as the names go, keeping the rest findable while groups merge.
 #[test]
