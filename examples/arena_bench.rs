@@ -32,7 +32,7 @@ fn main() -> nodeshm::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     // `--expected-names N`: directory reservation (as the MPI benchmark's arena: 2^18; the
-    // directory uses what the live names need, up to 2 chains per name).
+    // directory uses what the live names need, up to a chain per name).
     let expected: u64 = std::env::args()
         .skip_while(|a| a != "--expected-names")
         .nth(1)

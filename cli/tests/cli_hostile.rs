@@ -327,14 +327,15 @@ fn damaged_arena_and_escapes_are_bounded_and_safe() {
     );
     assert!(out.contains("\\u{1b}[31m"), "{out}");
     // Make the first non-empty chain's entry point to itself (the directory is in groups of
-    // 8 words, the first of each its version).
+    // 8 words, the first of each its version; a head's low 48 bits are its first entry, the
+    // high 16 its filter).
     let mut bytes = std::fs::read(&path).unwrap();
     let buckets = HEADER_SIZE.next_multiple_of(64) as usize;
     let entry = (0..64)
         .filter(|i| i % 8 != 0)
         .map(|i| {
             let at = buckets + i * 8;
-            u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap())
+            u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap()) & ((1 << 48) - 1)
         })
         .find(|&e| e != 0)
         .unwrap() as usize;

@@ -4,8 +4,9 @@
 //! data share one heap block. Lookups are O(1) expected.
 //!
 //! Only the groups the names need are in use ([`Extent`]): 8 at first, one more split (linear
-//! hashing) by each insert that leaves fewer than 2 chains per name, until the whole array
-//! is, and one merged back by each removal that leaves more than 8. So a few names live in a
+//! hashing) by each insert that leaves fewer than 1 chain per name, until the whole array
+//! is, and one merged back by each removal that leaves more than 4. Each chain head carries a
+//! filter of its names' hash tags ([`Head`]), so that most misses read no slot. So a few names live in a
 //! few hot cache lines instead of lines scattered over a directory sized for the most names
 //! the arena may hold, each cold on a name's first use.
 //!
@@ -123,16 +124,17 @@ pub(crate) struct Extent(pub(crate) u64);
 /// the version that every lookup reads.
 const FIRST_LEVEL: u32 = 3;
 
-/// Chains in use per live name the directory grows to keep. Fewer chains per name mean longer
-/// chains, and a lookup of a missing name reads the slot of every name on its chain, each
-/// likely a cache miss among many names (arena_bench, 100,000 live names, a reservation of
-/// 2^20 words: allocate 380 ns with 1 chain per name, 285 with 2, 265 with 4). More chains per
-/// name mean more splits while names come: 4 split a group every 1.75 new names (about 620 of
-/// the 3,200 instructions a new name cost), 2 every 3.5. With 2, one process making 20,000 new
-/// names went from 440 to 356 ns a name, and 2 and 4 processes on the same names from 461 to
-/// 420 and 401 to 360 (same_names, 40 alternated runs each), while arena_bench's rows at 1,
-/// 1,000 and 100,000 names (reservation 2^18, as the benchmarks) read the same.
-pub(crate) const CHAINS_PER_NAME: u64 = 2;
+/// Chains in use per live name the directory grows to keep. More chains per name mean more
+/// splits while names come (4 split a group every 1.75 new names, about 620 of the 3,200
+/// instructions a new name cost; 1 every 7); fewer mean longer chains, which a lookup of a
+/// missing name would walk, a slot (a cache miss among many names) per name on it, were it not
+/// for the heads' filters ([`Head`]): a missing name's bit is clear on most chains, and the
+/// miss reads no slot. Measured (same_names, alternated runs): one process making 20,000 new
+/// names 440 ns a name with 4 chains per name, 356 with 2, and against 2 (30 runs each) 286
+/// -> 220 with 1 and the filters; 2 processes on the same names 421 -> 390, 4 processes 385
+/// -> 320. arena_bench at 100,000 live names (reservation 2^18): allocate 271-351 -> 150-181
+/// ns, the directory in use being then 0.9 MB, not the whole 2 MiB.
+pub(crate) const CHAINS_PER_NAME: u64 = 1;
 
 /// The directory gives its last group back when the chains in use outnumber the live names
 /// this many times: 4 times as many as it grows to keep, so that names coming and going
@@ -248,6 +250,50 @@ fn bucket_in(g: &Geometry, group: u64, h: u64) -> u64 {
 #[inline]
 fn head_offset(g: &Geometry, group: u64, head: u64) -> u64 {
     g.buckets_offset + group * l::GROUP_WORDS * 8 + 8 + head * 8
+}
+
+/// The bits of a chain head that hold its first slot's offset (arenas are below 2^48 bytes,
+/// [`l::MAX_ARENA_SIZE`]); the 16 above them are the chain's filter (see [`Head`]).
+const OFFSET_MASK: u64 = l::MAX_ARENA_SIZE - 1;
+
+/// The filter bit of the names of hash `h`: one of 16, chosen by hash bits 40-43, which
+/// neither the group (the low bits) nor the head within it (the high bits) depends on much.
+#[inline]
+pub(crate) fn tag(h: u64) -> u64 {
+    1u64 << (48 + ((h >> 40) & 15))
+}
+
+/// A chain head as stored ([`l::GROUP_WORDS`]): the offset of the chain's first slot, and
+/// above it a filter with the [`tag`] of every name linked into the chain since it was last
+/// empty or rebuilt by a split or a merge. A superset of the chain's names (a removal leaves
+/// its bit), so a lookup whose bit is clear misses without reading a slot. Links inside slots
+/// are plain offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head(u64);
+
+impl Head {
+    #[inline]
+    fn first(self) -> u64 {
+        self.0 & OFFSET_MASK
+    }
+    #[inline]
+    fn may_hold(self, h: u64) -> bool {
+        self.0 & tag(h) != 0
+    }
+    #[inline]
+    fn filter(self) -> u64 {
+        self.0 & !OFFSET_MASK
+    }
+    /// The head of a chain starting at `first` whose names' tags are in `filter` (0 for an
+    /// empty chain, whatever the filter).
+    #[inline]
+    fn of(first: u64, filter: u64) -> Head {
+        Head(if first == 0 {
+            0
+        } else {
+            first | (filter & !OFFSET_MASK)
+        })
+    }
 }
 
 /// `state` bit: the entry's insertion is not committed yet; lock-free readers leave it alone.
@@ -402,7 +448,7 @@ struct Chain<'m, M: Mem + ?Sized> {
 impl<'m, M: Mem + ?Sized> Chain<'m, M> {
     #[inline]
     fn new(r: &'m M, bucket: u64) -> Result<Self> {
-        Ok(Chain::starting_at(r, r.load(bucket)?))
+        Ok(Chain::starting_at(r, Head(r.load(bucket)?).first()))
     }
 
     /// The chain whose head (read already) holds `first`.
@@ -548,7 +594,12 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     // or names far beyond the directory's size) is left to the lock, whose walk reports it.
     // `None`: something could not be read; the lock's walk tells what.
     let mut walk = || -> Option<Option<Slot>> {
-        let [mut next] = r.peek::<1>(bucket)?;
+        let [head] = r.peek::<1>(bucket)?;
+        let head = Head(head);
+        if !head.may_hold(h) {
+            return Some(None);
+        }
+        let mut next = head.first();
         for _ in 0..FAST_STEPS {
             if next == 0 {
                 return Some(None);
@@ -581,7 +632,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
 }
 
 /// Links a lock-free lookup follows before it leaves the chain to the lock: far more than a
-/// chain holds with 2 chains per name.
+/// chain holds with a chain per name.
 const FAST_STEPS: u32 = 64;
 
 /// After a [`Fast::Busy`]: waits a little (a bounded spin, no clock) for the update of the
@@ -596,6 +647,12 @@ pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
         std::hint::spin_loop();
     }
     false
+}
+
+/// The offset of the chain head of the names hashing to `h`, under the extent in effect.
+#[cfg(test)]
+pub(crate) fn head_of(r: &Region, h: u64) -> Result<u64> {
+    Ok(current_extent(r)?.chain_of(r.geometry(), h).1)
 }
 
 /// Whether the miss that [`lookup_fast`] reported with `version` and `extent` still holds (no
@@ -767,8 +824,9 @@ pub(crate) fn insert(
     r.store(slot + l::E_HASH, h)?;
     r.store_words(slot + l::E_DATA, &[data, bytes, block, name.len() as u64])?;
     // Logged: on a rollback this word is the free list's link again.
-    tx.set(slot + l::E_NEXT, tx.get(bucket)?)?;
-    tx.set(bucket, slot)?;
+    let head = Head(tx.get(bucket)?);
+    tx.set(slot + l::E_NEXT, head.first())?;
+    tx.set(bucket, Head::of(slot, head.filter() | tag(h)).0)?;
     tx.count(Counter::LiveBlocks, 1);
     tx.count(Counter::Requested, bytes);
     tx.publish_at_commit(slot + l::E_STATE);
@@ -825,20 +883,22 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
             "directory group {to} is not in use yet but holds names"
         )));
     }
-    // The group's names, head by head and in chain order, each with whether it moves (the
-    // low bit: slots are word-aligned), and where each head's run ends. One flat list of
-    // words: a typical group holds a few names, and what the split zeroes and copies should
-    // not be a list per head of the most any head may hold.
+    // The group's names, head by head and in chain order, each with whether it moves (bit 0:
+    // slots are word-aligned) and its tag (the filter bits above the offset), and where each
+    // head's run ends.
+    // One flat list of words: a typical group holds a few names, and what the split zeroes
+    // and copies should not be a list per head of the most any head may hold.
     let mut names = [0u64; SPLIT_LIMIT as usize];
     let mut ends = [0usize; l::GROUP_HEADS as usize];
     let mut total = 0;
     for (head, &first) in firsts.iter().enumerate() {
-        let mut chain = Chain::starting_at(&r, first);
+        let mut chain = Chain::starting_at(&r, Head(first).first());
         while let Some(slot) = chain.step()? {
             if total == SPLIT_LIMIT as usize {
                 return Ok(now);
             }
-            names[total] = slot.at | u64::from(slot.hash() & bit != 0);
+            let h = slot.hash();
+            names[total] = slot.at | tag(h) | u64::from(h & bit != 0);
             total += 1;
         }
         ends[head] = total;
@@ -846,18 +906,29 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     tx.touch(from)?;
     tx.touch(to)?;
     // Each head's two lists are rebuilt from their ends, and a link is written only where it
-    // changes. What each link holds now is known from the walk: a head of `from` its run's
-    // first name, a head of `to` nothing, a name the name after it in the run.
-    let slot_of = |n: u64| n & !1;
+    // changes. What each link holds now is known from the walk: a head of `from` its word as
+    // read, a head of `to` nothing, a name the name after it in the run. A rebuilt head's
+    // filter holds exactly its run's tags.
+    let slot_of = |n: u64| n & OFFSET_MASK & !1;
+    let tag_of = |n: u64| n & !OFFSET_MASK;
     let mut start = 0;
     for (head, (&end, &first)) in ends.iter().zip(&firsts).enumerate() {
         for (moves, group, held) in [(0, from, first), (1, to, 0)] {
+            let run = || (start..end).filter(|&i| names[i] & 1 == moves);
+            let filter = run().fold(0, |f, i| f | tag_of(names[i]));
             let (mut link, mut holds) = (head_offset(&g, group, head as u64), held);
-            for i in (start..end).filter(|&i| names[i] & 1 == moves) {
+            let mut at_head = true;
+            for i in run() {
                 let slot = slot_of(names[i]);
-                if holds != slot {
-                    tx.set(link, slot)?;
+                let value = if at_head {
+                    Head::of(slot, filter).0
+                } else {
+                    slot
+                };
+                if holds != value {
+                    tx.set(link, value)?;
                 }
+                at_head = false;
                 link = slot + l::E_NEXT;
                 holds = if i + 1 < end {
                     slot_of(names[i + 1])
@@ -906,7 +977,7 @@ fn merge_due(r: &Region, now: Extent) -> bool {
 }
 
 /// Merges per removal: enough that the chains in use follow the names down (3 groups are 21
-/// chains, more than the 16 a name stands for), few enough for one update (each merge
+/// chains, more than the 4 a name stands for), few enough for one update (each merge
 /// moves two group versions and logs at most 22 words).
 const MERGES_PER_REMOVAL: usize = 3;
 
@@ -922,11 +993,14 @@ fn merge_last(tx: &mut Tx) -> Result<bool> {
     }
     let before = now.shrunk();
     let (last, into) = (before.groups(), before.split());
-    // Each head's first and last name in the group given back.
+    // Each head's first and last name in the group given back, and its filter.
     let mut ends = [(0u64, 0u64); l::GROUP_HEADS as usize];
+    let mut filters = [0u64; l::GROUP_HEADS as usize];
     let mut total = 0;
     for head in 0..l::GROUP_HEADS {
-        let mut chain = Chain::new(&r, head_offset(&g, last, head))?;
+        let word = Head(r.load(head_offset(&g, last, head))?);
+        filters[head as usize] = word.filter();
+        let mut chain = Chain::starting_at(&r, word.first());
         while let Some(slot) = chain.step()? {
             total += 1;
             if total > SPLIT_LIMIT {
@@ -941,13 +1015,14 @@ fn merge_last(tx: &mut Tx) -> Result<bool> {
     }
     tx.touch(into)?;
     tx.touch(last)?;
-    for (head, &(first, tail)) in (0..l::GROUP_HEADS).zip(&ends) {
+    for ((head, &(first, tail)), &filter) in (0..l::GROUP_HEADS).zip(&ends).zip(&filters) {
         if first == 0 {
             continue;
         }
         let to = head_offset(&g, into, head);
-        tx.set(tail + l::E_NEXT, tx.get(to)?)?;
-        tx.set(to, first)?;
+        let kept = Head(tx.get(to)?);
+        tx.set(tail + l::E_NEXT, kept.first())?;
+        tx.set(to, Head::of(first, kept.filter() | filter).0)?;
         tx.set(head_offset(&g, last, head), 0)?;
     }
     tx.set(l::EXTENT, before.0)?;
@@ -982,7 +1057,14 @@ pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
         link = x.at + l::E_NEXT;
     }
     tx.touch(group)?;
-    tx.set(link, dead.next())?;
+    // A head keeps its filter (the dead name's bit stays until the chain empties or is
+    // rebuilt); a slot's link is a plain offset.
+    let unlinked = if link == bucket {
+        Head::of(dead.next(), Head(tx.get(bucket)?).filter()).0
+    } else {
+        dead.next()
+    };
+    tx.set(link, unlinked)?;
     tx.count(Counter::LiveBlocks, 1u64.wrapping_neg());
     tx.count(Counter::Requested, dead.size().wrapping_neg());
     if recycle::park(tx, &dead)? {
@@ -1120,6 +1202,13 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
         if extent.chain_of(g, h).1 != i {
             return Err(Error::Corrupted(format!(
                 "entry {:?} is misfiled",
+                info.name
+            )));
+        }
+        // A head whose filter lacks a name of its chain would make lock-free lookups miss it.
+        if !Head(r.load(i)?).may_hold(h) {
+            return Err(Error::Corrupted(format!(
+                "the chain head at offset {i} does not announce entry {:?} in its filter",
                 info.name
             )));
         }

@@ -6,7 +6,7 @@
 //! ```text
 //! 0               Header (identity, locks, heap metadata, undo log)
 //! buckets_offset  name directory: bucket_count words in 64-byte groups, each the version of
-//!                 its group then 7 heads of entry chains (u64 offsets); the groups in use
+//!                 its group then 7 heads of entry chains (offset | filter << 48); the groups in use
 //!                 grow with the names (`Meta::extent`), the rest stay empty
 //! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]; named
 //!                 blocks hold [name][padding][data]; chunks of 32 directory slots (Entry)
@@ -18,7 +18,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -115,8 +115,10 @@ pub const PARK_CLASSES: usize = 64;
 /// its version, odd while an update under the arena lock changes one of the group's chains and
 /// bumped again when it ends (or is rolled back); lock-free lookups read it before and after
 /// and trust a miss (or a slot they found) only if it did not change. No update logs or rolls
-/// back a version. The other 7 words are chain heads. A lookup reads its chain's head and its
-/// version from one line, and an update writes both in one line.
+/// back a version. The other 7 words are chain heads: the first slot's offset in the low 48
+/// bits, and in the high 16 a filter with one bit per hash tag of the names linked into the
+/// chain (layout 10; see `directory::Head`). A lookup reads its chain's head and its version
+/// from one line, and an update writes both in one line.
 pub const GROUP_WORDS: u64 = 8;
 /// Chain heads per group.
 pub const GROUP_HEADS: u64 = GROUP_WORDS - 1;
@@ -126,8 +128,8 @@ pub const GROUP_HEADS: u64 = GROUP_WORDS - 1;
 pub const ATTACHER_SLOTS: usize = 256;
 
 /// How many directory groups are in use: the directory grows by linear hashing, one group
-/// split per insert that leaves fewer than 2 chains per name, up to all of its groups, and
-/// shrinks by one per removal that leaves more than 8, down to 8. A line of its own: every
+/// split per insert that leaves fewer than 1 chain per name, up to all of its groups, and
+/// shrinks by one per removal that leaves more than 4, down to 8. A line of its own: every
 /// lock-free lookup reads it, and only a split or a merge writes it.
 #[repr(C, align(64))]
 pub struct Extent {

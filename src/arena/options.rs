@@ -218,7 +218,7 @@ impl Options {
     }
 
     /// Reserve a name directory for about this many names (default: one per 16 KiB of arena),
-    /// 8 bytes each. The directory uses only what the live names need (two chains per name,
+    /// 8 bytes each. The directory uses only what the live names need (a chain per name,
     /// growing as they come and shrinking as they go), so a large reservation costs memory, not
     /// speed. More names still work, with longer hash chains.
     pub fn expected_names(mut self, names: u64) -> Self {

@@ -1134,6 +1134,78 @@ fn a_damaged_extent_is_an_error() {
     arena.deallocate(kept).unwrap();
 }
 
+/// Every chain head announces its names in its filter, through inserts, splits, removals and
+/// merges; a lookup of a name whose bit is clear misses without reading a slot (here the
+/// chain's first link is made unreadable and the miss is still reported); and a filter that
+/// lost a name's bit (damage) is an error of `verify`.
+#[test]
+fn chain_heads_announce_their_names() {
+    let dir = TempDir::new();
+    let arena = Arena::create("filter", &dir.options(8 << 20).expected_names(1 << 12)).unwrap();
+    let r = arena.region;
+    let announced = |name: &str| {
+        let h = directory::hash(name.as_bytes());
+        let head = r.load(directory::head_of(&r, h).unwrap()).unwrap();
+        head & directory::tag(h) != 0
+    };
+    let mut blocks: Vec<_> = (0..3000)
+        .map(|i| arena.allocate(&format!("f-{i}"), 16).unwrap())
+        .collect();
+    assert!((0..3000).all(|i| announced(&format!("f-{i}"))));
+    arena.verify().unwrap();
+    // Most names go: the directory merges back; the rest stay announced and findable.
+    for b in blocks.drain(100..) {
+        arena.deallocate(b).unwrap();
+    }
+    assert!((0..100).all(|i| announced(&format!("f-{i}"))));
+    for i in 0..100 {
+        live_entry(&arena, &format!("f-{i}"));
+    }
+    arena.verify().unwrap();
+
+    // A missing name whose bit is clear on a non-empty chain: its lookup reads no slot, so an
+    // unreadable first link does not change its answer.
+    let kept = live_entry(&arena, "f-0").0;
+    let head = directory::head_of(&r, directory::hash(b"f-0")).unwrap();
+    let word = r.load(head).unwrap();
+    let absent = (0..10_000)
+        .map(|i| format!("absent-{i}"))
+        .find(|n| {
+            let h = directory::hash(n.as_bytes());
+            directory::head_of(&r, h).unwrap() == head && word & directory::tag(h) == 0
+        })
+        .expect("a name of that chain with a clear bit");
+    let h = directory::hash(absent.as_bytes());
+    let filter = word & !(l::MAX_ARENA_SIZE - 1);
+    r.store(head, filter | 8).unwrap();
+    assert!(matches!(
+        directory::lookup_fast(&r, absent.as_bytes(), h),
+        directory::Fast::Miss { .. }
+    ));
+    // With the bit set, the lookup reads the (now unreadable) link and leaves it to the lock.
+    r.store(head, filter | directory::tag(h) | 8).unwrap();
+    assert_eq!(
+        directory::lookup_fast(&r, absent.as_bytes(), h),
+        directory::Fast::Busy
+    );
+    r.store(head, word).unwrap();
+
+    // Damage: the head loses the bit of a name on its chain.
+    let tag = directory::tag(directory::hash(b"f-0"));
+    r.store(head, word & !tag).unwrap();
+    let err = arena.verify().unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupted(m) if m.contains("does not announce")),
+        "{err}"
+    );
+    r.store(head, word).unwrap();
+    arena.verify().unwrap();
+    assert_eq!(live_entry(&arena, "f-0").0, kept);
+    for b in blocks {
+        arena.deallocate(b).unwrap();
+    }
+}
+
 /// A chain that loops (damage) ends a lock-free lookup after a bounded walk, which leaves the
 /// name to the lock, where the walk with cycle detection reports it.
 #[test]

@@ -113,7 +113,7 @@ impl Traits {
     }
 
     /// Reserve a name directory for about this many live names (8 bytes each; see
-    /// [`crate::arena::Options::expected_names`]): the directory uses up to two chains per
+    /// [`crate::arena::Options::expected_names`]): the directory uses up to one chain per
     /// live name within this reservation.
     pub fn expected_names(mut self, names: u64) -> Self {
         self.expected_names = Some(names);
