@@ -5,10 +5,10 @@
 //!
 //! Only the groups the names need are in use ([`Extent`]): 8 at first, one more split (linear
 //! hashing) by each insert that leaves fewer than 1 chain per name, until the whole array
-//! is, and one merged back by each removal that leaves more than 4. Each chain head carries a
-//! filter of its names' hash tags ([`Head`]), so that most misses read no slot. So a few names live in a
+//! is, and one merged back by each removal that leaves more than 4. So a few names live in a
 //! few hot cache lines instead of lines scattered over a directory sized for the most names
-//! the arena may hold, each cold on a name's first use.
+//! the arena may hold, each cold on a name's first use. Each chain head also carries a filter
+//! of its names' hash tags ([`Head`]), so that most lookups of a missing name read no slot.
 //!
 //! Lookups and reference counting work without the arena lock: a reader walks the chain,
 //! validated by its group's version (odd while an update changes a chain of the group, read

@@ -6,8 +6,8 @@
 //! ```text
 //! 0               Header (identity, locks, heap metadata, undo log)
 //! buckets_offset  name directory: bucket_count words in 64-byte groups, each the version of
-//!                 its group then 7 heads of entry chains (offset | filter << 48); the groups in use
-//!                 grow with the names (`Meta::extent`), the rest stay empty
+//!                 its group then 7 heads of entry chains (offset | filter << 48); the
+//!                 groups in use grow with the names (`Meta::extent`), the rest stay empty
 //! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]; named
 //!                 blocks hold [name][padding][data]; chunks of 32 directory slots (Entry)
 //! heap_end-16     sentinel block header (size 0, used)

@@ -955,9 +955,9 @@ fn names_spread_over_the_chains_like_random_choices() {
     }
 }
 
-/// The directory grows with the names, `CHAINS_PER_NAME` chains per name (from 56), and keeps every name
-/// findable, with and without the lock, while groups split; it stops at its size; it shrinks
-/// back as the names go, keeping the rest findable while groups merge.
+/// The directory grows with the names, `CHAINS_PER_NAME` chains per name (from 56), and keeps
+/// every name findable, with and without the lock, while groups split; it stops at its size;
+/// it shrinks back as the names go, keeping the rest findable while groups merge.
 #[test]
 fn the_directory_grows_with_the_names() {
     let dir = TempDir::new();
