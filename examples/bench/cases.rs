@@ -275,12 +275,11 @@ fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
         }
         true
     };
+    // Rank 0's complete runs: a peer that stopped answering leaves fewer, and no figure.
     let mut runs = Vec::new();
-    let mut answered = rank > 1;
     if rank <= 1 {
         // Rank 1 counts the odd values up, rank 0 the even ones; timing starts once both are
         // in the loop (rank 1's first answer), not at a barrier one of them may sleep through.
-        answered = true;
         let mut value = 0;
         'runs: for _ in 0..RUNS {
             let mut start = Instant::now();
@@ -290,13 +289,14 @@ fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
                 }
                 let (ping, pong) = (value + 1, value + 2);
                 value = pong;
-                if rank == 0 {
+                let answered = if rank == 0 {
                     word.store(ping, Ordering::Release);
-                    answered = wait_for(pong);
+                    wait_for(pong)
                 } else {
-                    answered = wait_for(ping);
+                    let pinged = wait_for(ping);
                     word.store(pong, Ordering::Release);
-                }
+                    pinged
+                };
                 if !answered {
                     break 'runs;
                 }
@@ -304,7 +304,7 @@ fn line_transfer(ctx: &Ctx, alloc: &Allocator) -> Option<f64> {
             runs.push(start.elapsed().as_nanos() as f64 / trips as f64 / 2.0);
         }
     }
-    let one_way = if rank == 0 && answered {
+    let one_way = if rank == 0 && runs.len() == RUNS as usize {
         median(&mut runs)
     } else {
         -1.0

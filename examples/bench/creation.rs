@@ -212,8 +212,7 @@ fn reserve_only(ctx: &Ctx, size: u64, rep: usize) -> Run {
     }
     ctx.world.barrier();
     // The shares of make_resource: whole pages of the system's size (tmpfs).
-    // SAFETY: sysconf only reads a system value.
-    let page = (unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) }).max(4096) as u64;
+    let page = nodeshm::arena::page_size();
     let pages = size / page;
     let (first, last) = (pages * rank / ranks, pages * (rank + 1) / ranks);
     let t0 = Instant::now();
