@@ -117,8 +117,8 @@ pub const PARK_CLASSES: usize = 64;
 /// and trust a miss (or a slot they found) only if it did not change. No update logs or rolls
 /// back a version. The other 7 words are chain heads: the first slot's offset in the low 48
 /// bits, and in the high 16 a filter with one bit per hash tag of the names linked into the
-/// chain (layout 10; see `directory::Head`). A lookup reads its chain's head and its version
-/// from one line, and an update writes both in one line.
+/// chain (layout 10; see `Head` in `directory/extent.rs`). A lookup reads its chain's head
+/// and its version from one line, and an update writes both in one line.
 pub const GROUP_WORDS: u64 = 8;
 /// Chain heads per group.
 pub const GROUP_HEADS: u64 = GROUP_WORDS - 1;

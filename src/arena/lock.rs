@@ -68,7 +68,7 @@ pub(crate) unsafe fn init(m: *mut libc::pthread_mutex_t) -> Result<()> {
 /// Locks `m`, waiting at most `timeout`. While it spins (the first few microseconds of the
 /// wait), `give_up` is asked after every try that found the lock held: when it returns a
 /// value, the wait ends without the lock and that value comes back as `Ok(Err(value))`.
-/// Waiters that can never give up pass [`never`].
+/// Waiters that can never give up pass [`never()`].
 ///
 /// # Safety
 /// `m` must point to a mutex initialised by [`init`] inside a live shared mapping.

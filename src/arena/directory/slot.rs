@@ -1,0 +1,252 @@
+//! Directory slots: the state word, reading a slot whole (checked, or for a lock-free reader
+//! that leaves doubt to the lock), and walking a chain with bounded cycle detection.
+
+use super::extent::Head;
+use super::names::word_of;
+use crate::arena::layout::{self as l, round_up, Geometry, ENTRY_SIZE};
+use crate::arena::region::{Mem, Region};
+use crate::error::{Error, Result};
+
+/// `state` bit: the entry's insertion is not committed yet; lock-free readers leave it alone.
+pub(crate) const PENDING: u64 = 1 << 31;
+pub(super) const REFS: u64 = PENDING - 1;
+
+/// A slot's state word, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State(pub(crate) u64);
+
+impl State {
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    pub(crate) fn refs(self) -> u64 {
+        self.0 & REFS
+    }
+    pub(crate) fn pending(self) -> bool {
+        self.0 & PENDING != 0
+    }
+    /// Holds references and is committed: a reference may be added.
+    pub(super) fn live(self) -> bool {
+        self.refs() > 0 && !self.pending()
+    }
+}
+
+/// Checks that `e` can be a directory slot: an aligned offset inside the heap with room for it.
+#[inline]
+pub(crate) fn check_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<u64> {
+    let g = r.geometry();
+    if !is_slot_offset(g, e) {
+        return Err(bad_link(g, e));
+    }
+    Ok(e)
+}
+
+/// Whether `e` can be a directory slot of `g` ([`check_entry`] without the error).
+#[inline]
+fn is_slot_offset(g: &Geometry, e: u64) -> bool {
+    e >= g.heap_offset + 16 && e % l::ALIGN == 0 && e <= g.sentinel().saturating_sub(ENTRY_SIZE)
+}
+
+#[cold]
+#[inline(never)]
+fn bad_link(g: &Geometry, e: u64) -> Error {
+    Error::Corrupted(format!(
+        "a directory link points to offset {e}, outside the heap {}..{}",
+        g.heap_offset, g.heap_end
+    ))
+}
+
+/// A directory slot's eight words, read at once with one bounds check ([`read_slot`]). A
+/// copy: a lock-free reader validates what it read by the chain group's version and by the
+/// state word's compare-and-swap, exactly as it would single loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// The slot's offset (checked by [`check_entry`]).
+    pub(crate) at: u64,
+    words: [u64; WORDS],
+}
+
+const WORDS: usize = (ENTRY_SIZE / 8) as usize;
+
+impl Slot {
+    #[inline]
+    pub(super) fn word(&self, field: u64) -> u64 {
+        self.words[(field / 8) as usize]
+    }
+    #[inline]
+    pub(crate) fn next(&self) -> u64 {
+        self.word(l::E_NEXT)
+    }
+    #[inline]
+    pub(crate) fn hash(&self) -> u64 {
+        self.word(l::E_HASH)
+    }
+    #[inline]
+    pub(crate) fn state(&self) -> State {
+        State(self.word(l::E_STATE))
+    }
+    #[inline]
+    pub(crate) fn size(&self) -> u64 {
+        self.word(l::E_SIZE)
+    }
+    /// Payload offset of the heap block holding the name and the data.
+    #[inline]
+    pub(crate) fn block(&self) -> u64 {
+        self.word(l::E_BLOCK)
+    }
+
+    /// The data offset and size, checked to lie inside the heap and to be aligned to `align`,
+    /// so that a block handed to the user is memory this arena owns.
+    #[inline]
+    pub(crate) fn placed(&self, g: &Geometry, align: u64) -> Result<(u64, u64)> {
+        let (data, size) = (self.word(l::E_DATA), self.size());
+        let block = self.block();
+        let end = data.checked_add(size);
+        if data < block
+            || block < g.heap_offset
+            || data % align != 0
+            || size == 0
+            || end.is_none_or(|end| end > g.sentinel())
+        {
+            return Err(misplaced(self.at, data, size));
+        }
+        Ok((data, size))
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn misplaced(at: u64, data: u64, size: u64) -> Error {
+    Error::Corrupted(format!(
+        "entry at {at} describes {size} bytes at offset {data}, not a block of its heap"
+    ))
+}
+
+/// Slot `e` (checked by [`check_entry`]), all its words.
+#[inline]
+pub(crate) fn read_slot<M: Mem + ?Sized>(r: &M, e: u64) -> Result<Slot> {
+    let at = check_entry(r, e)?;
+    let mut words = [0u64; WORDS];
+    r.words(at, &mut words)?;
+    Ok(Slot { at, words })
+}
+
+/// Slot `e` for a lock-free reader ([`Region::peek`]): `None` where [`read_slot`] would fail.
+#[inline]
+pub(super) fn peek_slot(r: &Region, e: u64) -> Option<Slot> {
+    if !is_slot_offset(r.geometry(), e) {
+        return None;
+    }
+    Some(Slot {
+        at: e,
+        words: r.peek::<WORDS>(e)?,
+    })
+}
+
+/// Follows a bucket chain one step at a time, refusing links outside the heap and chains
+/// longer than the heap could hold (a cycle in damaged metadata).
+/// Cycles are found within about twice the chain's length (Brent's algorithm), so a damaged
+/// chain costs no more than the walk of a healthy one.
+pub(super) struct Chain<'m, M: Mem + ?Sized> {
+    r: &'m M,
+    pub(super) next: u64,
+    steps: u64,
+    /// Brent: a remembered entry, and how far to go before remembering the next one.
+    mark: u64,
+    power: u64,
+}
+
+impl<'m, M: Mem + ?Sized> Chain<'m, M> {
+    #[inline]
+    pub(super) fn new(r: &'m M, bucket: u64) -> Result<Self> {
+        Ok(Chain::starting_at(r, Head(r.load(bucket)?).first()))
+    }
+
+    /// The chain whose head (read already) holds `first`.
+    #[inline]
+    pub(super) fn starting_at(r: &'m M, first: u64) -> Self {
+        Chain {
+            r,
+            next: first,
+            steps: 0,
+            mark: 0,
+            power: 1,
+        }
+    }
+
+    #[inline]
+    pub(super) fn step(&mut self) -> Result<Option<Slot>> {
+        if self.next == 0 {
+            return Ok(None);
+        }
+        if self.next == self.mark || self.steps >= self.r.geometry().max_blocks() {
+            return Err(Error::Corrupted(format!(
+                "a directory chain does not end (it loops back to offset {})",
+                self.next
+            )));
+        }
+        self.steps += 1;
+        if self.steps == self.power {
+            self.mark = self.next;
+            self.power *= 2;
+        }
+        let slot = read_slot(self.r, self.next)?;
+        self.next = slot.next();
+        Ok(Some(slot))
+    }
+}
+
+#[inline]
+pub(super) fn name_matches<M: Mem + ?Sized>(r: &M, slot: &Slot, name: &[u8]) -> Result<bool> {
+    names_equal(|at| r.load(at).ok(), slot, name).ok_or_else(|| outside(slot.block()))
+}
+
+/// Whether `slot` holds `name`, its stored words read by `load` (`None`: one could not be
+/// read). Word by word: a name starts its 16-aligned block, whose data begins past the name's
+/// last word, so whole-word reads stay inside the block; a mismatch usually shows in the first.
+#[inline]
+pub(super) fn names_equal(
+    mut load: impl FnMut(u64) -> Option<u64>,
+    slot: &Slot,
+    name: &[u8],
+) -> Option<bool> {
+    if slot.word(l::E_NAME_LEN) != name.len() as u64 {
+        return Some(false);
+    }
+    let block = slot.block();
+    for (i, piece) in name.chunks(8).enumerate() {
+        let stored = u64::from_le_bytes(load(block.checked_add(i as u64 * 8)?)?.to_ne_bytes());
+        let mask = match piece.len() {
+            8 => !0,
+            n => (1u64 << (8 * n)) - 1,
+        };
+        if stored & mask != word_of(piece) {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+#[cold]
+#[inline(never)]
+fn outside(block: u64) -> Error {
+    Error::Corrupted(format!("a name at offset {block} runs past the arena"))
+}
+
+#[inline]
+pub(crate) fn state<M: Mem + ?Sized>(r: &M, e: u64) -> Result<State> {
+    Ok(State(r.load(e + l::E_STATE)?))
+}
+
+/// The data offset and size of entry `e`, checked as [`Slot::placed`] does.
+#[inline]
+pub(crate) fn data_of<M: Mem + ?Sized>(r: &M, e: u64, align: u64) -> Result<(u64, u64)> {
+    read_slot(r, e)?.placed(r.geometry(), align)
+}
+
+/// Heap bytes a block of `bytes` named `name_len` bytes needs, aligned to `align`.
+pub(crate) fn block_request(name_len: u64, bytes: u64, align: u64) -> Option<u64> {
+    round_up(name_len, l::ALIGN)
+        .checked_add(align - l::ALIGN)?
+        .checked_add(bytes)
+}
