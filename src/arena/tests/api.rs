@@ -1,0 +1,312 @@
+//! The block API: names, sizes, errors with their figures, zeroing, statistics, persistence,
+//! typed access, and threads sharing one handle.
+
+use super::*;
+
+#[test]
+fn same_name_same_block_and_refcounts() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let a = arena.allocate("table", 1000).unwrap();
+    let b = arena.allocate("table", 1000).unwrap();
+    assert!(a.created() && !b.created());
+    assert_eq!(a.offset(), b.offset());
+    assert_eq!(a.offset() % 64, 0);
+    let entries = arena.entries().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (
+            entries[0].name.as_str(),
+            entries[0].size,
+            entries[0].refcount
+        ),
+        ("table", 1000, 2)
+    );
+    arena.deallocate(a).unwrap();
+    assert_eq!(arena.lookup("table").unwrap().unwrap().refcount, 1);
+    arena.deallocate(b).unwrap();
+    assert!(arena.lookup("table").unwrap().is_none());
+    let err = arena.deallocate(b).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotHeld, "{err}");
+    let report = arena.verify().unwrap();
+    assert_eq!(report.free_blocks, 1);
+    assert_eq!((report.used_blocks, report.used_bytes), slot_chunks(&arena));
+}
+
+#[test]
+fn size_mismatch_names_both_sizes() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let _a = arena.allocate("x", 128).unwrap();
+    let err = arena.allocate("x", 256).unwrap_err();
+    match &err {
+        Error::SizeMismatch {
+            existing,
+            requested,
+            ..
+        } => assert_eq!((*existing, *requested), (128, 256)),
+        other => panic!("expected SizeMismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("128") && err.to_string().contains("256"));
+}
+
+#[test]
+fn out_of_space_reports_the_numbers() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let stats = arena.stats().unwrap();
+    let err = arena.allocate("big", 2 << 20).unwrap_err();
+    match err {
+        Error::OutOfSpace {
+            requested,
+            largest_free,
+            free,
+            capacity,
+        } => {
+            assert!(requested > 2 << 20);
+            assert_eq!(capacity, stats.capacity);
+            assert_eq!(free, stats.free);
+            assert!(largest_free <= free && largest_free > 0);
+        }
+        other => panic!("expected OutOfSpace, got {other}"),
+    }
+    // A failed allocate changes nothing.
+    assert_eq!(arena.stats().unwrap(), stats);
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    assert_eq!(
+        arena.allocate("", 8).unwrap_err().code(),
+        ErrorCode::InvalidName
+    );
+    assert_eq!(
+        arena.allocate(&"n".repeat(256), 8).unwrap_err().code(),
+        ErrorCode::InvalidName
+    );
+    assert!(arena.allocate(&"n".repeat(255), 8).is_ok());
+    assert_eq!(
+        arena.allocate("zero", 0).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        arena.allocate_aligned("odd", 8, 48).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        arena
+            .allocate_aligned("huge", 8, 1 << 20)
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidArgument
+    );
+    let p = arena.allocate_aligned("page", 10, 4096).unwrap();
+    assert_eq!(p.offset() % 4096, 0);
+    assert_eq!(p.as_ptr() as usize % 4096, 0);
+    let outside = 0x10usize as *const u8;
+    assert_eq!(
+        arena.deallocate_ptr(outside).unwrap_err().code(),
+        ErrorCode::NotHeld
+    );
+    assert_eq!(
+        Arena::create("a", &dir.options(1 << 20))
+            .unwrap_err()
+            .code(),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        Arena::create("tiny", &dir.options(4096))
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        Arena::create("a/b", &dir.options(1 << 20))
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidName
+    );
+}
+
+#[test]
+fn reused_memory_is_zeroed() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let a = arena.allocate("dirty", 4096).unwrap();
+    for w in a.as_atomic_u64() {
+        w.store(u64::MAX, Ordering::Relaxed);
+    }
+    let offset = a.offset();
+    arena.deallocate(a).unwrap();
+    let b = arena.allocate("clean", 4096).unwrap();
+    assert_eq!(b.offset(), offset, "the freed block is reused");
+    assert!(b
+        .as_atomic_u64()
+        .iter()
+        .all(|w| w.load(Ordering::Relaxed) == 0));
+}
+
+#[test]
+fn stats_track_use_and_high_water() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let empty = arena.stats().unwrap();
+    assert_eq!((empty.used, empty.live_blocks), (0, 0));
+    assert_eq!(empty.free, empty.capacity);
+    let a = arena.allocate("a", 10_000).unwrap();
+    let s = arena.stats().unwrap();
+    assert_eq!((s.live_blocks, s.requested), (1, 10_000));
+    let slots = slot_chunks(&arena).1;
+    assert!(s.used >= 10_000 + slots && s.used < 10_000 + 512 + slots);
+    assert_eq!(arena.actual_size().unwrap(), s.used);
+    arena.deallocate(a).unwrap();
+    let s2 = arena.stats().unwrap();
+    assert_eq!((s2.used, s2.high_water), (slots, s.used));
+}
+
+#[test]
+fn many_names_stay_consistent() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(64 << 20)).unwrap();
+    let blocks: Vec<_> = (0..20_000)
+        .map(|i| arena.allocate(&format!("n{i}"), 64 + i % 300).unwrap())
+        .collect();
+    assert_eq!(arena.stats().unwrap().live_blocks, 20_000);
+    arena.verify().unwrap();
+    for (i, b) in blocks.into_iter().enumerate() {
+        if i % 2 == 0 {
+            arena.deallocate(b).unwrap();
+        }
+    }
+    arena.verify().unwrap();
+    for i in (1..20_000).step_by(2) {
+        let b = arena
+            .find(&format!("n{i}"))
+            .unwrap()
+            .expect("odd names live");
+        arena.deallocate(b).unwrap();
+        arena.deallocate_offset(b.offset()).unwrap();
+    }
+    let report = arena.verify().unwrap();
+    let (chunks, bytes) = slot_chunks(&arena);
+    assert_eq!((report.used_blocks, report.used_bytes), (chunks, bytes));
+    assert!(report.parked_blocks > 0, "small blocks wait for reuse");
+    arena.coalesce().unwrap();
+    let report = arena.verify().unwrap();
+    assert_eq!(report.parked_blocks, 0);
+    assert!(report.free_blocks <= chunks + 1);
+}
+
+/// A request just below the arena's one free block fits, even though it rounds up to a larger
+/// TLSF class than the block's.
+#[test]
+fn nearly_whole_arena_fits_in_one_block() {
+    let dir = TempDir::new();
+    let arena = Arena::create("w", &dir.options(257 << 20)).unwrap();
+    let largest = arena.stats().unwrap().largest_free;
+    let b = arena.allocate("all", 256 << 20).unwrap();
+    assert!(largest > 256 << 20);
+    arena.deallocate(b).unwrap();
+    // What the directory's first slot chunk left of the one free block.
+    let largest = arena.stats().unwrap().largest_free;
+    let request = largest - 256; // minus the entry, name and alignment padding
+    let b = arena.allocate_aligned("max", request, 16).unwrap();
+    assert_eq!(b.len(), request);
+}
+
+#[test]
+fn persisted_blocks_outlive_the_handle() {
+    let dir = TempDir::new();
+    let options = dir.options(1 << 20).unlink(Unlink::Never);
+    let arena = Arena::create("keep", &options).unwrap();
+    let b = arena.allocate("published", 100).unwrap();
+    let c = arena.allocate("private", 100).unwrap();
+    arena.persist(b).unwrap();
+    assert_eq!(arena.persist(b).unwrap_err().code(), ErrorCode::NotHeld);
+    assert_eq!(arena.deallocate(b).unwrap_err().code(), ErrorCode::NotHeld);
+    let _ = c;
+    drop(arena);
+    let again = Arena::attach_with("keep", &options).unwrap();
+    let names: Vec<String> = again
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["published"],
+        "the persisted block stays, the other was released on drop"
+    );
+    again.unlink().unwrap();
+}
+
+/// Safe copy-in and copy-out of `Pod` values, and atomics for blocks of any length.
+#[test]
+fn typed_access_without_unsafe() {
+    let dir = TempDir::new();
+    let arena = Arena::create("t", &dir.options(1 << 20)).unwrap();
+    let table = arena.allocate("table", 100 * 8).unwrap();
+    let values: Vec<f64> = (0..100).map(|i| i as f64 * 0.25).collect();
+    table.write_at(0, &values).unwrap();
+    let mut back = vec![0f64; 100];
+    table.read_at(0, &mut back).unwrap();
+    assert_eq!(back, values);
+    table.write_at(97, &[-1.0f64, -2.0, -3.0]).unwrap();
+    assert_eq!(table.to_vec::<f64>().unwrap()[97..], [-1.0, -2.0, -3.0]);
+    // u16 elements at an odd index: byte-granular copies.
+    table.write_at(3, &[0xabcdu16]).unwrap();
+    let mut one = [0u16];
+    table.read_at(3, &mut one).unwrap();
+    assert_eq!(one, [0xabcd]);
+    let err = table.write_at(98, &[0f64; 3]).unwrap_err();
+    assert_eq!(err.code(), crate::ErrorCode::InvalidArgument);
+    assert!(err.to_string().contains("block of 800 bytes"), "{err}");
+    assert!(table.read_at(usize::MAX, &mut back).is_err());
+    // A 3-byte block: no whole word, still safe access.
+    let tiny = arena.allocate("tiny", 3).unwrap();
+    tiny.as_atomic_u8()[2].store(7, Ordering::Relaxed);
+    assert_eq!(tiny.to_vec::<u8>().unwrap(), [0, 0, 7]);
+    assert!(tiny.as_atomic_u64().is_empty() && tiny.as_atomic_u32().is_empty());
+}
+
+/// Threads of one handle share its reference map (and its spin lock): many of them allocating,
+/// finding and releasing the same few names, each name removed and made anew at the offset of
+/// its parked block thousands of times, never record a reference under another generation
+/// (which would make a later release fail as `Corrupted`) nor lose or invent one.
+#[test]
+fn threads_of_one_handle_share_its_references() {
+    let dir = TempDir::new();
+    let arena = Arena::create("threads", &dir.options(1 << 20)).unwrap();
+    let kept = arena.allocate("kept", 64).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let arena = &arena;
+            s.spawn(move || {
+                for i in 0..4_000 {
+                    let name = format!("shared-{}", (i + t) % 3);
+                    let b = arena.allocate(&name, 64).unwrap();
+                    if let Some(f) = arena.find(&name).unwrap() {
+                        assert_eq!(f.offset(), b.offset());
+                        arena.deallocate(f).unwrap();
+                    }
+                    let k = arena
+                        .find("kept")
+                        .unwrap()
+                        .expect("held by the main thread");
+                    arena.deallocate(k).unwrap();
+                    arena.deallocate(b).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(arena.held.lock().len(), 1, "only kept is still held");
+    assert_eq!(arena.lookup("kept").unwrap().unwrap().refcount, 1);
+    assert_eq!(arena.stats().unwrap().live_blocks, 1);
+    arena.deallocate(kept).unwrap();
+    assert!(arena.held.lock().is_empty());
+    assert_eq!(arena.stats().unwrap().live_blocks, 0);
+    arena.verify().unwrap();
+}

@@ -1,0 +1,275 @@
+//! Crash consistency: updates stopped at every logged write (as a killed process leaves them)
+//! are rolled back, and the undo log itself is distrusted.
+
+use super::*;
+
+/// An update abandoned halfway (as by a killed process) is undone by `roll_back`, at every
+/// possible stopping point.
+#[test]
+fn rollback_undoes_an_interrupted_update_at_any_point() {
+    let dir = TempDir::new();
+    let arena = Arena::create("r", &dir.options(1 << 20)).unwrap();
+    holes(&arena, "k", 50, |i| 100 + i * 7, 3);
+    let r = arena.region;
+    // Two entries whose last holder died before removing them: a small one (its block is
+    // parked on removal) and a large one (freed to the heap).
+    let small = zombie(&arena, "zs", 100);
+    let large = zombie(&arena, "zl", 5000);
+    // A freed block between two in use, which a smaller request splits into a tail of a
+    // smaller class (the heap's last large block, carved, keeps its class).
+    let hole = arena.allocate("hole", 5000).unwrap();
+    let fence = arena.allocate("fence", 5000).unwrap();
+    arena.deallocate(hole).unwrap();
+    let before = (arena.entries().unwrap(), arena.stats().unwrap());
+    let key = b"interrupted";
+    let updates: [(&str, &Update); 5] = [
+        ("insert into a parked block", &|tx| {
+            directory::insert(tx, key, directory::hash(key), 300, 64).map(drop)
+        }),
+        ("insert carved from the last block", &|tx| {
+            directory::insert(tx, key, directory::hash(key), 8000, 64).map(drop)
+        }),
+        ("insert into a freed block, split", &|tx| {
+            directory::insert(tx, key, directory::hash(key), 3000, 64).map(drop)
+        }),
+        ("remove and park", &|tx| {
+            directory::remove_dead(tx, small.0, small.1)
+        }),
+        ("remove and free", &|tx| {
+            directory::remove_dead(tx, large.0, large.1)
+        }),
+    ];
+    // The first insert really takes a parked block, the first removal really parks one.
+    for (i, change) in [(0, -1i64), (3, 1)] {
+        let parked = recycle::count_parked(&r).unwrap().0 as i64;
+        let mut tx = Tx::begin(&r);
+        updates[i].1(&mut tx).unwrap();
+        let now = recycle::count_parked(&r).unwrap().0 as i64;
+        assert_eq!(now - parked, change, "{}", updates[i].0);
+        std::mem::forget(tx);
+        lock::recover(&r).unwrap();
+    }
+    for (what, update) in updates {
+        let mut completed = false;
+        for stop_after in 1..80u64 {
+            completed |= interrupted(&arena, stop_after, update);
+            assert_as_before(
+                &arena,
+                &before,
+                &format!("{what}, stopped at write {stop_after}"),
+            );
+        }
+        assert!(completed, "{what}: every stopping point was tried");
+    }
+    arena.deallocate(fence).unwrap();
+    arena.verify().unwrap();
+}
+
+/// A carve whose tail lies above the pristine mark stores the tail's words without logging
+/// them. Interrupted at every logged write, in a fresh arena each time (the first attempt
+/// raises the mark for good, and later ones would take the logged path), the rollback leaves a
+/// well-formed heap, and the memory those words went to is zero when it is handed out again.
+#[test]
+fn an_interrupted_carve_of_fresh_memory_leaves_it_zero_at_any_point() {
+    let dir = TempDir::new();
+    let key = b"interrupted";
+    let (mut completed, mut fresh_then_stopped) = (false, false);
+    for stop_after in 1..40u64 {
+        let arena = Arena::create(&format!("f{stop_after}"), &dir.options(1 << 20)).unwrap();
+        let _held: Vec<_> = (0..5)
+            .map(|i| arena.allocate(&format!("n{i}"), 100).unwrap())
+            .collect();
+        let before = (arena.entries().unwrap(), arena.stats().unwrap());
+        let r = arena.region;
+        let mark = r.load(l::PRISTINE_FROM).unwrap();
+        let done = interrupted(&arena, stop_after, &|tx| {
+            directory::insert(tx, key, directory::hash(key), 300, 64).map(drop)
+        });
+        completed |= done;
+        fresh_then_stopped |= !done && r.load(l::PRISTINE_FROM).unwrap() > mark;
+        assert_as_before(&arena, &before, &format!("stopped at write {stop_after}"));
+        // Larger than the interrupted block: it covers where the tail's words went.
+        let next = arena.allocate("after", 8000).unwrap();
+        assert!(
+            next.as_atomic_u64()
+                .iter()
+                .all(|w| w.load(Ordering::Relaxed) == 0),
+            "stopped at write {stop_after}: stale bytes handed out"
+        );
+        arena.verify().unwrap();
+    }
+    assert!(completed, "every stopping point was tried");
+    assert!(
+        fresh_then_stopped,
+        "some attempt stored the tail unlogged and was then interrupted"
+    );
+}
+
+/// The counters that updates keep outside the undo log are whatever a process killed after its
+/// commit point left; the recovery recounts them from the directory and the park lists.
+#[test]
+fn a_recovery_recounts_the_unlogged_counters() {
+    let dir = TempDir::new();
+    let arena = Arena::create("c", &dir.options(1 << 20)).unwrap();
+    holes(&arena, "n", 40, |i| 10 + i * 30, 4);
+    let _zombie = zombie(&arena, "z", 77);
+    let stats = arena.stats().unwrap();
+    let report = arena.verify().unwrap();
+    assert!(report.parked_blocks > 0 && stats.live_blocks == 31);
+    let r = arena.region;
+    for off in [l::LIVE_BLOCKS, l::REQUESTED, l::PARKED_BYTES] {
+        r.store(off, 0xdead_beef).unwrap();
+    }
+    assert!(
+        arena.verify().is_err(),
+        "the scrambled counters are noticed"
+    );
+    lock::recover(&r).unwrap();
+    assert_eq!(arena.stats().unwrap(), stats);
+    assert_eq!(arena.verify().unwrap(), report);
+}
+
+/// A crafted undo log that would restore words inside the lock (a write-what-where for anyone
+/// who can make the lock look abandoned) is refused as a whole: nothing is written, the caller
+/// gets `Corrupted`, and so does every later locker.
+#[test]
+fn an_undo_log_pointing_into_the_lock_is_refused() {
+    let dir = TempDir::new();
+    let arena = Arena::create(
+        "u",
+        &dir.options(1 << 20)
+            .lock_timeout(std::time::Duration::from_millis(200)),
+    )
+    .unwrap();
+    let keep = arena.allocate("kept", 64).unwrap();
+    let r = arena.region;
+    let heap_word = keep.offset();
+    // A valid first entry, then one aimed at the mutex.
+    r.store(l::UNDO_ENTRIES, heap_word).unwrap();
+    r.store(l::UNDO_ENTRIES + 8, 0xdead).unwrap();
+    r.store(l::UNDO_ENTRIES + 16, l::LOCK + 16).unwrap();
+    r.store(l::UNDO_ENTRIES + 24, 0x4141_4141).unwrap();
+    r.store(l::UNDO_LEN, 2).unwrap();
+    let lock_before: Vec<u64> = (0..8).map(|i| r.header(l::LOCK + i * 8)).collect();
+    let err = r.roll_back().unwrap_err();
+    assert_eq!(err.code(), crate::ErrorCode::Corrupted, "{err}");
+    assert!(err.to_string().contains("no update changes"), "{err}");
+    let lock_after: Vec<u64> = (0..8).map(|i| r.header(l::LOCK + i * 8)).collect();
+    assert_eq!(lock_before, lock_after, "the mutex was written");
+    assert_ne!(
+        r.load(heap_word).unwrap(),
+        0xdead,
+        "a valid entry was applied anyway"
+    );
+    // The same through the lock: a holder that "died" (FUTEX_OWNER_DIED in the lock word).
+    // SAFETY: test only; the lock word is the first u32 of glibc's mutex, no thread holds it.
+    unsafe {
+        let word = arena.mutex(l::LOCK).cast::<std::sync::atomic::AtomicU32>();
+        (*word).store(0x4000_0000, std::sync::atomic::Ordering::SeqCst);
+    }
+    for _ in 0..2 {
+        // A new name: the update takes the lock (finding "kept" would not).
+        let err = arena.allocate("other", 64).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Corrupted, "{err}");
+    }
+    assert_eq!(r.header(l::LOCK + 16), lock_before[2]);
+    assert_eq!(
+        arena.stats().unwrap_err().code(),
+        crate::ErrorCode::Corrupted
+    );
+    drop(arena); // releasing what it holds fails quietly; the handle still goes
+}
+
+/// An update may write only heap metadata, directory and heap words.
+#[test]
+fn updates_cannot_write_locks_or_geometry() {
+    let dir = TempDir::new();
+    let arena = Arena::create("w", &dir.options(1 << 20)).unwrap();
+    let r = arena.region;
+    for off in [
+        l::LOCK,
+        l::USER_LOCK + 8,
+        l::BUCKET_COUNT,
+        l::HEAP_END,
+        l::UNDO_LEN,
+        l::SIZE,
+    ] {
+        let mut tx = Tx::begin(&r);
+        let err = tx.set(off, 1).unwrap_err();
+        assert_eq!(
+            err.code(),
+            crate::ErrorCode::Corrupted,
+            "offset {off}: {err}"
+        );
+    }
+    let mut tx = Tx::begin(&r);
+    tx.set(l::USED, r.header(l::USED)).unwrap();
+    tx.commit();
+    arena.verify().unwrap();
+}
+
+/// A process killed after dropping a block's last reference (lock-free) but before removing
+/// the entry (under the lock) leaves an entry without references: the directory still
+/// verifies, readers do not hand it out, and the first locked operation that meets the name
+/// removes it.
+#[test]
+fn an_entry_left_without_references_is_removed_when_met() {
+    let dir = TempDir::new();
+    let arena = Arena::create("z", &dir.options(1 << 20)).unwrap();
+    // What the killed process did: its last reference dropped, nothing else.
+    zombie(&arena, "zombie", 100);
+    arena.verify().unwrap();
+    assert_eq!(arena.stats().unwrap().live_blocks, 1, "still listed");
+    // A lock-free reader does not trust it and asks under the lock, which removes it.
+    assert!(arena.find("zombie").unwrap().is_none());
+    assert_eq!(arena.stats().unwrap().live_blocks, 0, "removed when met");
+    arena.verify().unwrap();
+    // Made again with another size: the dead entry goes, a new one is created.
+    let again = arena.allocate("zombie", 300).unwrap();
+    assert!(again.created());
+    let entries = arena.entries().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].size, entries[0].refcount), (300, 1));
+    arena.deallocate(again).unwrap();
+    arena.verify().unwrap();
+    assert_eq!(arena.stats().unwrap().live_blocks, 0);
+}
+
+/// An insert stopped after any of its writes (as by a killed process) is never handed out by
+/// a lock-free lookup, before or after the recovery rolls it back, and never makes another
+/// name look missing.
+#[test]
+fn an_interrupted_insert_is_invisible_to_lock_free_readers() {
+    let dir = TempDir::new();
+    let arena = Arena::create("p", &dir.options(1 << 20)).unwrap();
+    let kept = arena.allocate("kept", 64).unwrap();
+    let r = arena.region;
+    let key = b"half";
+    let h = directory::hash(key);
+    for stop_after in 1..40u64 {
+        let mut tx = Tx::begin(&r);
+        tx.limit = Some(stop_after);
+        let _ = directory::insert(&mut tx, key, h, 200, 64);
+        std::mem::forget(tx); // killed here: no commit, no rollback yet
+        assert!(
+            !matches!(directory::lookup_fast(&r, key, h), directory::Fast::Hit(_)),
+            "stopped after write {stop_after}: a lock-free reader got the uncommitted entry"
+        );
+        // Another name is never reported missing meanwhile: found, or (when its chain shares
+        // the group) left to the lock, where the recovery runs first.
+        let kept_key = b"kept";
+        assert!(!matches!(
+            directory::lookup_fast(&r, kept_key, directory::hash(kept_key)),
+            directory::Fast::Miss { .. }
+        ));
+        lock::recover(&r).unwrap();
+        let k = arena.find("kept").unwrap().unwrap();
+        arena.deallocate(k).unwrap();
+        assert!(arena.find("half").unwrap().is_none());
+        assert_eq!(arena.lookup("kept").unwrap().unwrap().refcount, 1);
+        arena
+            .verify()
+            .unwrap_or_else(|e| panic!("after stopping at write {stop_after}: {e}"));
+    }
+    arena.deallocate(kept).unwrap();
+}
