@@ -1,8 +1,10 @@
 //! Single-process arena benchmark: allocate / find / deallocate latency with 1, 1,000 and
-//! 100,000 live names. Prints a table; `--json FILE` writes the figures too.
+//! 100,000 live names, and the cost of names new to the arena (`new-held`: 20,000 names
+//! allocated and held, then released, `free-held`). Prints a table; `--json FILE` writes the
+//! figures too.
 //!
 //!     cargo run --release --example arena_bench [-- --json arena.json] [--live N] [--rounds N]
-//!         [--expected-names N] [--dir DIR]
+//!         [--expected-names N] [--dir DIR] [--new-only]
 //!
 //! `PROBE_NAMES=N` cycles the probes through N names instead of 20,000 fresh ones (with few,
 //! their directory lines stay in cache: what the directory's size costs shows as the
@@ -38,6 +40,8 @@ fn main() -> nodeshm::Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1 << 18);
+    // `--new-only`: no probe loop, only the new names (for profiling those).
+    let skip_probes = std::env::args().any(|a| a == "--new-only");
     // `--dir DIR`: the arena's file in DIR (a hugetlbfs or huge=always tmpfs mount, to see
     // what the TLB costs at 100,000 names) instead of /dev/shm.
     let dir = std::env::args().skip_while(|a| a != "--dir").nth(1);
@@ -90,7 +94,8 @@ fn main() -> nodeshm::Result<()> {
         let mut dealloc = Vec::with_capacity(SAMPLES);
         // Allocate a fresh name, find it, then release both references: the live count stays at
         // `target` (+1 during the probe).
-        for n in std::iter::repeat_n(&names, rounds).flatten() {
+        let probe_rounds = if skip_probes { 0 } else { rounds };
+        for n in std::iter::repeat_n(&names, probe_rounds).flatten() {
             let t = Instant::now();
             let b = arena.allocate(n, 64)?;
             alloc.push(t.elapsed());
@@ -102,7 +107,36 @@ fn main() -> nodeshm::Result<()> {
             arena.deallocate(b)?;
             dealloc.push(t.elapsed());
         }
-        for (op, mut v) in [("allocate", alloc), ("find", find), ("deallocate", dealloc)] {
+        // Then names new to the arena, held until all exist, as the MPI benchmark's "new
+        // names (held)" rows: each takes a new slot and heap block (or a parked pair, from the
+        // level before), and the directory grows with them. This is what a name costs to
+        // create, and what every rank on the same names waits for.
+        let fresh: Vec<String> = (0..SAMPLES).map(|i| format!("fresh-{i}")).collect();
+        let mut create = Vec::with_capacity(SAMPLES);
+        let mut release = Vec::with_capacity(SAMPLES);
+        for _ in 0..rounds {
+            let mut held = Vec::with_capacity(SAMPLES);
+            for n in &fresh {
+                let t = Instant::now();
+                held.push(arena.allocate(n, 64)?);
+                create.push(t.elapsed());
+            }
+            for b in held {
+                let t = Instant::now();
+                arena.deallocate(b)?;
+                release.push(t.elapsed());
+            }
+        }
+        for (op, mut v) in [
+            ("allocate", alloc),
+            ("find", find),
+            ("deallocate", dealloc),
+            ("new-held", create),
+            ("free-held", release),
+        ] {
+            if v.is_empty() {
+                continue;
+            }
             v.sort();
             let (median, p99) = (percentile(&v, 0.5), percentile(&v, 0.99));
             println!("{target:>12} {op:>10} {median:>12.0} {p99:>12.0}");
