@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::extent::{current_extent, head_offset, tag, Extent, Head, OFFSET_MASK};
 use super::extent::{CHAINS_PER_NAME, SHRINK_AT_CHAINS_PER_NAME, SPLIT_LIMIT};
-use super::slot::Chain;
+use super::slot::{warm, Chain};
 use crate::arena::layout as l;
 use crate::arena::region::{Mem, Region, Tx};
 use crate::error::{Error, Result};
@@ -55,6 +55,7 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
         [0u64; l::GROUP_HEADS as usize],
     );
     r.words(head_offset(&g, from, 0), &mut firsts)?;
+    warm(&r, firsts.map(|w| Head(w).first()));
     r.words(head_offset(&g, to, 0), &mut unused)?;
     if unused.iter().any(|&w| w != 0) {
         return Err(Error::Corrupted(format!(
@@ -175,8 +176,11 @@ fn merge_last(tx: &mut Tx) -> Result<bool> {
     let mut ends = [(0u64, 0u64); l::GROUP_HEADS as usize];
     let mut filters = [0u64; l::GROUP_HEADS as usize];
     let mut total = 0;
-    for head in 0..l::GROUP_HEADS {
-        let word = Head(r.load(head_offset(&g, last, head))?);
+    let mut words = [0u64; l::GROUP_HEADS as usize];
+    r.words(head_offset(&g, last, 0), &mut words)?;
+    warm(&r, words.map(|w| Head(w).first()));
+    for (head, &word) in (0..l::GROUP_HEADS).zip(&words) {
+        let word = Head(word);
         filters[head as usize] = word.filter();
         let mut chain = Chain::starting_at(&r, word.first());
         while let Some(slot) = chain.step()? {

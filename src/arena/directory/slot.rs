@@ -143,6 +143,19 @@ pub(super) fn peek_slot(r: &Region, e: u64) -> Option<Slot> {
     })
 }
 
+/// Starts reading the slots at `firsts` all at once: independent loads that the processor
+/// overlaps, where a walk of the chains one after another would wait for each cache miss in
+/// turn (a split or a merge among 100,000 names meets a cold slot per chain). Nothing read
+/// here is used; offsets that are not slots are skipped.
+#[inline]
+pub(super) fn warm(r: &Region, firsts: impl IntoIterator<Item = u64>) {
+    for e in firsts {
+        if is_slot_offset(r.geometry(), e) {
+            std::hint::black_box(r.peek::<1>(e + l::E_NEXT));
+        }
+    }
+}
+
 /// Follows a bucket chain one step at a time, refusing links outside the heap and chains
 /// longer than the heap could hold (a cycle in damaged metadata).
 /// Cycles are found within about twice the chain's length (Brent's algorithm), so a damaged
