@@ -461,30 +461,31 @@ impl<'r> Tx<'r> {
 
     /// Logs the old value of the word at `off`, then writes `value`. Refuses words no update
     /// may change (damaged metadata pointing at the locks or the header).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set(&mut self, off: u64, value: u64) -> Result<()> {
+        let len = self.len;
         let Some(word) = self.region.writable_word(off) else {
             return Err(self.refusal(off));
         };
-        if self.len >= UNDO_CAPACITY {
+        if len >= UNDO_CAPACITY {
             return Err(self.refusal(off));
         }
         // Logged even when unchanged: the caller may overwrite the word later without logging
         // (fresh block payloads), and a rollback must still put this value back.
         let old = word.load(Ordering::Acquire);
         #[cfg(test)]
-        if self.limit.is_some_and(|l| self.len >= l) {
+        if self.limit.is_some_and(|l| len >= l) {
             return Err(Error::Corrupted("test: simulated crash".into()));
         }
-        let [log_off, log_old] = self.region.undo_entry(self.len);
+        let [log_off, log_old] = self.region.undo_entry(len);
         log_off.store(off, Ordering::Release);
         log_old.store(old, Ordering::Release);
-        self.len += 1;
+        self.len = len + 1;
         // Release stores keep program order: entry, then length, then the word itself, so a
         // process killed between any two of them leaves a log that undoes exactly what happened.
         self.region
             .header_word(l::UNDO_LEN)
-            .store(self.len, Ordering::Release);
+            .store(len + 1, Ordering::Release);
         word.store(value, Ordering::Release);
         Ok(())
     }
