@@ -358,7 +358,7 @@ impl Geometry {
 
     /// Whether an update may change the word at `off`. The heap first: most logged words are
     /// heap links (every new name logs about 11 words).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn writable(&self, off: u64) -> bool {
         let within = |start: u64, end: u64| off >= start && off <= end.saturating_sub(8);
         within(self.heap_offset, self.heap_end)

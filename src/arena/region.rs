@@ -93,21 +93,21 @@ impl Region {
         Ok(unsafe { self.base.as_ptr().add(off as usize) })
     }
 
-    #[inline]
+    #[inline(always)]
     fn word(&self, off: u64) -> Result<&AtomicU64> {
         Ok(&self.words_at(off, 1)?[0])
     }
 
     /// The `n` consecutive words from `off` as atomics, checked once: aligned, and all inside
     /// the mapping.
-    #[inline]
+    #[inline(always)]
     fn words_at(&self, off: u64, n: usize) -> Result<&[AtomicU64]> {
         self.word_span(off, n).ok_or_else(|| self.bad_span(off, n))
     }
 
     /// [`Region::words_at`] without the error: the one check (aligned, inside the mapping)
     /// behind every word access, checked or lock-free ([`Region::peek`]).
-    #[inline]
+    #[inline(always)]
     fn word_span(&self, off: u64, n: usize) -> Option<&[AtomicU64]> {
         let bytes = n as u64 * 8;
         if off % 8 != 0 || off.checked_add(bytes).is_none_or(|end| end > self.len) {
@@ -248,7 +248,7 @@ impl Region {
 
     /// A store that is not logged: for fields written before anyone else can see them (fresh
     /// blocks, header initialisation) or whose change never needs undoing (high-water marks).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn store(&self, off: u64, value: u64) -> Result<()> {
         self.word(off)?.store(value, Ordering::Release);
         Ok(())
@@ -256,7 +256,7 @@ impl Region {
 
     /// Unlogged stores of consecutive words from `off` (a fresh slot's fields), bounds-checked
     /// once.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn store_words(&self, off: u64, values: &[u64]) -> Result<()> {
         for (word, &v) in self.words_at(off, values.len())?.iter().zip(values) {
             word.store(v, Ordering::Release);
@@ -297,14 +297,14 @@ impl Region {
     }
 
     /// Whether an update may change the word at `off`: heap metadata, directory or heap.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn writable(&self, off: u64) -> bool {
         off % 8 == 0 && self.geo.writable(off)
     }
 
     /// The word at `off` if an update may change it ([`Region::writable`]): one check for
     /// both that and the bounds.
-    #[inline]
+    #[inline(always)]
     fn writable_word(&self, off: u64) -> Option<&AtomicU64> {
         if !self.writable(off) || off + 8 > self.len {
             return None;
@@ -361,7 +361,7 @@ impl Mem for Region {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn load(&self, off: u64) -> Result<u64> {
         Ok(self.word(off)?.load(Ordering::Acquire))
     }
@@ -454,7 +454,7 @@ impl<'r> Tx<'r> {
         self.region
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, off: u64) -> Result<u64> {
         self.region.load(off)
     }
