@@ -43,8 +43,8 @@ impl Arena {
         let key = name.as_bytes();
         let r = &self.region;
         let find_or_insert = |tx: &mut super::region::Tx, missing: Option<(u64, u64)>| {
-            let r = *tx.region();
-            let known_missing = missing.is_some_and(|(v, e)| directory::still_missing(&r, h, v, e));
+            let r = tx.region();
+            let known_missing = missing.is_some_and(|(v, e)| directory::still_missing(r, h, v, e));
             let existing = if known_missing {
                 None
             } else {
@@ -66,12 +66,12 @@ impl Arena {
                          every process must ask for it with the same alignment"
                     )));
                 }
-                let placed = directory::data_of(&r, e, align)?;
-                if let Some(generation) = directory::take_reference_now(&r, e)? {
+                let placed = directory::data_of(r, e, align)?;
+                if let Some(generation) = directory::take_reference_now(r, e)? {
                     return Ok((e, generation, false, placed));
                 }
                 // Its last reference went meanwhile: remove it and make the name anew.
-                let dead = directory::state(&r, e)?.generation();
+                let dead = directory::state(r, e)?.generation();
                 directory::remove_dead(tx, e, dead)?;
             }
             let (e, generation, data) = directory::insert(tx, key, h, bytes, align)?;
@@ -180,12 +180,12 @@ impl Arena {
             }
         }
         let found = self.locked(|tx| {
-            let r = *tx.region();
+            let r = tx.region();
             let Some(e) = directory::lookup_locked(tx, key, h)? else {
                 return Ok(None);
             };
-            let data = directory::data_of(&r, e, l::ALIGN)?;
-            Ok(directory::take_reference_now(&r, e)?.map(|generation| (e, generation, data)))
+            let data = directory::data_of(r, e, l::ALIGN)?;
+            Ok(directory::take_reference_now(r, e)?.map(|generation| (e, generation, data)))
         })?;
         let Some((entry, generation, (data, size))) = found else {
             return Ok(None);

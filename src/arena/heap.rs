@@ -167,7 +167,7 @@ fn carve(
     class: (usize, usize),
     pristine: u64,
 ) -> Result<()> {
-    let r = *tx.region();
+    let r = tx.region();
     let next = tx.get(b + HDR)?;
     let prev = tx.get(b + HDR + 8)?;
     let rest = b + HDR + want;
@@ -184,11 +184,11 @@ fn carve(
         tx.set(rest + HDR + 8, prev)?;
     }
     if next != 0 {
-        check_block(&r, next)?;
+        check_block(r, next)?;
         tx.set(next + HDR + 8, rest)?;
     }
     if prev != 0 {
-        check_block(&r, prev)?;
+        check_block(r, prev)?;
         tx.set(prev + HDR, rest)?;
     } else {
         tx.set(head_off(class.0, class.1), rest)?;
@@ -334,14 +334,14 @@ pub(crate) fn check_fits(r: &Region, size: u64) -> Result<()> {
 /// Allocates a zeroed block with at least `size` payload bytes, 16-byte aligned. Returns the
 /// payload offset. Cost: O(1) plus zeroing the part of the block that was used before.
 pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
-    let r = *tx.region();
+    let r = tx.region();
     let want = payload_for(size)?;
-    let found = match find_suitable(&r, want)? {
+    let found = match find_suitable(r, want)? {
         Some(b) => Some(b),
-        None => find_in_own_class(&r, want)?,
+        None => find_in_own_class(r, want)?,
     };
     let Some((b, word)) = found else {
-        return Err(out_of_space(&r, want + HDR));
+        return Err(out_of_space(r, want + HDR));
     };
     // Everything below works from this one checked read of the block's header.
     let have = word & !FLAGS;
@@ -379,7 +379,7 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
             set_size_flags(tx, b, want, word & PREV_FREE)?;
             insert_free(tx, rest)?;
         } else {
-            set_flag(tx, next_phys(&r, b)?, PREV_FREE, false)?;
+            set_flag(tx, next_phys(r, b)?, PREV_FREE, false)?;
             set_size_flags(tx, b, have, word & PREV_FREE)?;
         }
     }
@@ -394,32 +394,32 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
 
 /// Frees the block whose payload is at `payload`, merging it with free neighbours.
 pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
-    let r = *tx.region();
-    let mut b = check_block(&r, payload.wrapping_sub(HDR))?;
-    if flags(&r, b)? & FREE != 0 {
+    let r = tx.region();
+    let mut b = check_block(r, payload.wrapping_sub(HDR))?;
+    if flags(r, b)? & FREE != 0 {
         return Err(damaged(format!("block at offset {b} freed twice")));
     }
-    let mut size = size_of_block(&r, b)?;
-    next_phys(&r, b)?;
+    let mut size = size_of_block(r, b)?;
+    next_phys(r, b)?;
     tx.set(l::USED, tx.get(l::USED)?.wrapping_sub(size + HDR))?;
-    let mut fl = flags(&r, b)? & PREV_FREE;
+    let mut fl = flags(r, b)? & PREV_FREE;
     if fl & PREV_FREE != 0 {
-        let prev = check_block(&r, r.load(b)?)?;
-        if next_phys(&r, prev)? != b || flags(&r, prev)? & FREE == 0 {
+        let prev = check_block(r, r.load(b)?)?;
+        if next_phys(r, prev)? != b || flags(r, prev)? & FREE == 0 {
             return Err(damaged(format!(
                 "block {b}'s back link {prev} is not its free neighbour"
             )));
         }
         remove_free(tx, prev)?;
-        size += HDR + size_of_block(&r, prev)?;
-        fl = flags(&r, prev)? & PREV_FREE;
+        size += HDR + size_of_block(r, prev)?;
+        fl = flags(r, prev)? & PREV_FREE;
         b = prev;
     }
     let next = b + HDR + size;
-    if next < r.geometry().sentinel() && flags(&r, next)? & FREE != 0 {
-        next_phys(&r, next)?;
+    if next < r.geometry().sentinel() && flags(r, next)? & FREE != 0 {
+        next_phys(r, next)?;
         remove_free(tx, next)?;
-        size += HDR + size_of_block(&r, next)?;
+        size += HDR + size_of_block(r, next)?;
     }
     set_size_flags(tx, b, size, fl | FREE)?;
     let after = b + HDR + size;

@@ -37,8 +37,8 @@ fn head(class: usize) -> u64 {
 /// Parks `slot` (already unlinked from its chain, without references) with its block. False
 /// when the block is too large to park: the caller frees both then.
 pub(crate) fn park(tx: &mut Tx, slot: &Slot) -> Result<bool> {
-    let (r, e) = (*tx.region(), slot.at);
-    let payload = heap::payload_size(&r, slot.block())?;
+    let (r, e) = (tx.region(), slot.at);
+    let payload = heap::payload_size(r, slot.block())?;
     let Some(class) = class_of(payload) else {
         return Ok(false);
     };
@@ -59,12 +59,12 @@ pub(crate) fn take(tx: &mut Tx, payload: u64) -> Result<Option<(u64, u64)>> {
 
 /// Takes the first slot off the list of `class`, checked: `(slot, block)`.
 fn pop(tx: &mut Tx, class: usize) -> Result<Option<(u64, u64)>> {
-    let r = *tx.region();
+    let r = tx.region();
     let e = tx.get(head(class))?;
     if e == 0 {
         return Ok(None);
     }
-    let (slot, size) = check_parked(&r, e, class)?;
+    let (slot, size) = check_parked(r, e, class)?;
     tx.set(head(class), slot.next())?;
     tx.count(Counter::ParkedBytes, (size + BLOCK_HEADER).wrapping_neg());
     Ok(Some((e, slot.block())))

@@ -25,9 +25,9 @@ use crate::error::{Error, Result};
 /// Returns the extent in effect after it (checked), which the insert then files its name by.
 #[inline]
 pub(super) fn grow(tx: &mut Tx) -> Result<Extent> {
-    let r = *tx.region();
-    let now = current_extent(&r)?;
-    let names = live_names(&r).saturating_add(1);
+    let r = tx.region();
+    let now = current_extent(r)?;
+    let names = live_names(r).saturating_add(1);
     if now.groups() >= r.geometry().groups()
         || names.saturating_mul(CHAINS_PER_NAME) <= now.groups() * l::GROUP_HEADS
     {
@@ -46,7 +46,7 @@ fn live_names(r: &Region) -> u64 {
 /// would otherwise reserve (and probe) whether it splits or not.
 #[inline(never)]
 fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
-    let r = *tx.region();
+    let r = tx.region();
     let g = *r.geometry();
     let (from, bit) = (now.split(), 1u64 << now.level());
     let to = from + bit;
@@ -55,7 +55,7 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
         [0u64; l::GROUP_HEADS as usize],
     );
     r.words(head_offset(&g, from, 0), &mut firsts)?;
-    warm(&r, firsts.map(|w| Head(w).first()));
+    warm(r, firsts.map(|w| Head(w).first()));
     r.words(head_offset(&g, to, 0), &mut unused)?;
     if unused.iter().any(|&w| w != 0) {
         return Err(Error::Corrupted(format!(
@@ -71,7 +71,7 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let mut ends = [0usize; l::GROUP_HEADS as usize];
     let mut total = 0;
     for (head, &first) in firsts.iter().enumerate() {
-        let mut chain = Chain::starting_at(&r, Head(first).first());
+        let mut chain = Chain::starting_at(r, Head(first).first());
         while let Some(slot) = chain.step()? {
             if total == SPLIT_LIMIT as usize {
                 return Ok(now);
@@ -133,8 +133,8 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
 /// Called after a removal, under the lock, logged and validated like [`grow`].
 #[inline]
 pub(crate) fn shrink(tx: &mut Tx) -> Result<()> {
-    let r = *tx.region();
-    if !merge_due(&r, current_extent(&r)?) {
+    let r = tx.region();
+    if !merge_due(r, current_extent(r)?) {
         return Ok(());
     }
     for _ in 0..MERGES_PER_REMOVAL {
@@ -164,10 +164,10 @@ const MERGES_PER_REMOVAL: usize = 3;
 /// to move in one update).
 #[inline(never)]
 fn merge_last(tx: &mut Tx) -> Result<bool> {
-    let r = *tx.region();
+    let r = tx.region();
     let g = *r.geometry();
-    let now = current_extent(&r)?;
-    if !merge_due(&r, now) {
+    let now = current_extent(r)?;
+    if !merge_due(r, now) {
         return Ok(false);
     }
     let before = now.shrunk();
@@ -178,11 +178,11 @@ fn merge_last(tx: &mut Tx) -> Result<bool> {
     let mut total = 0;
     let mut words = [0u64; l::GROUP_HEADS as usize];
     r.words(head_offset(&g, last, 0), &mut words)?;
-    warm(&r, words.map(|w| Head(w).first()));
+    warm(r, words.map(|w| Head(w).first()));
     for (head, &word) in (0..l::GROUP_HEADS).zip(&words) {
         let word = Head(word);
         filters[head as usize] = word.filter();
-        let mut chain = Chain::starting_at(&r, word.first());
+        let mut chain = Chain::starting_at(r, word.first());
         while let Some(slot) = chain.step()? {
             total += 1;
             if total > SPLIT_LIMIT {

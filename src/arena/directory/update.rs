@@ -17,18 +17,18 @@ use crate::error::{Error, Result};
 /// a process that died before publishing it is published: under the lock, after recovery,
 /// every entry in a chain is committed.
 pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u64>> {
-    let r = *tx.region();
+    let r = tx.region();
     // Each round removes one zombie, so the rounds are bounded by the chain's length.
     for _ in 0..=r.geometry().max_blocks() {
-        let (_, bucket) = current_extent(&r)?.chain_of(r.geometry(), h);
-        let mut chain = Chain::new(&r, bucket)?;
+        let (_, bucket) = current_extent(r)?.chain_of(r.geometry(), h);
+        let mut chain = Chain::new(r, bucket)?;
         let mut zombie = None;
         while let Some(slot) = chain.step()? {
-            if slot.hash() != h || !name_matches(&r, &slot, name)? {
+            if slot.hash() != h || !name_matches(r, &slot, name)? {
                 continue;
             }
             let e = slot.at;
-            let s = state(&r, e)?;
+            let s = state(r, e)?;
             if s.refs() == 0 {
                 zombie = Some((e, s.generation()));
                 break;
@@ -49,10 +49,10 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
 
 /// A free slot, carving a new chunk of them from the heap when none is left.
 fn take_slot(tx: &mut Tx) -> Result<u64> {
-    let r = *tx.region();
+    let r = tx.region();
     let head = tx.get(l::SLOT_FREE)?;
     if head != 0 {
-        let slot = check_entry(&r, head)?;
+        let slot = check_entry(r, head)?;
         tx.set(l::SLOT_FREE, r.load(slot + l::E_NEXT)?)?;
         return Ok(slot);
     }
@@ -82,7 +82,7 @@ pub(crate) fn insert(
     bytes: u64,
     align: u64,
 ) -> Result<(u64, u32, u64)> {
-    let r = *tx.region();
+    let r = tx.region();
     let request = block_request(name.len() as u64, bytes, align)
         .ok_or_else(|| Error::InvalidArgument(format!("a block of {bytes} bytes cannot exist")))?;
     let payload = heap::payload_for(request)?;
@@ -98,7 +98,7 @@ pub(crate) fn insert(
             // fails before a chunk is carved, so the error's figures are the arena's as it
             // stands.
             if tx.get(l::SLOT_FREE)? == 0 {
-                heap::check_fits(&r, request)?;
+                heap::check_fits(r, request)?;
             }
             let slot = take_slot(tx)?;
             (slot, heap::alloc(tx, request)?)
@@ -108,7 +108,7 @@ pub(crate) fn insert(
     // Before the new slot is linked: readers of this chain see the version move.
     tx.touch(group)?;
     let data = round_up(block + name.len() as u64, align);
-    let generation = state(&r, slot)?.generation().wrapping_add(1);
+    let generation = state(r, slot)?.generation().wrapping_add(1);
     // The new generation first, pending: a reader holding this slot's offset from before now
     // leaves it alone. Logged, so that a rollback gives the slot back as it was.
     tx.set(
@@ -138,16 +138,16 @@ const _: () = assert!(
 /// too large to park. Nothing happens if another process removed it
 /// already (it is no longer in its chain, or the slot moved on to another generation).
 pub(crate) fn remove_dead(tx: &mut Tx, e: u64, generation: u32) -> Result<()> {
-    let r = *tx.region();
-    let dead = read_slot(&r, e)?;
+    let r = tx.region();
+    let dead = read_slot(r, e)?;
     let s = dead.state();
     if s.generation() != generation || s.refs() != 0 {
         return Ok(());
     }
     let h = dead.hash();
-    let (group, bucket) = current_extent(&r)?.chain_of(r.geometry(), h);
+    let (group, bucket) = current_extent(r)?.chain_of(r.geometry(), h);
     let mut link = bucket;
-    let mut chain = Chain::new(&r, bucket)?;
+    let mut chain = Chain::new(r, bucket)?;
     // Stops at the link that holds `e`, without reading `e`'s slot a second time.
     while chain.next != e {
         let Some(x) = chain.step()? else {
