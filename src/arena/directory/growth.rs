@@ -72,57 +72,82 @@ fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let mut total = 0;
     for (head, &first) in firsts.iter().enumerate() {
         let mut chain = Chain::starting_at(r, Head(first).first());
-        while let Some(slot) = chain.step()? {
+        while let Some((at, h)) = chain.step_hash()? {
             if total == SPLIT_LIMIT as usize {
                 return Ok(now);
             }
-            let h = slot.hash();
-            names[total] = slot.at | tag(h) | u64::from(h & bit != 0);
+            names[total] = at | tag(h) | u64::from(h & bit != 0);
             total += 1;
         }
         ends[head] = total;
     }
     tx.touch(from)?;
     tx.touch(to)?;
-    // Each head's two lists are rebuilt from their ends, and a link is written only where it
-    // changes. What each link holds now is known from the walk: a head of `from` its word as
-    // read, a head of `to` nothing, a name the name after it in the run. A rebuilt head's
-    // filter holds exactly its run's tags.
+    // Each head's two lists are rebuilt in one pass over its run, and a link is written only
+    // where it changes. What each link holds now is known from the walk: a name's link the
+    // name after it in the run, a head of `from` its word as read, a head of `to` nothing. A
+    // rebuilt head's filter holds exactly its list's tags; heads are written last.
     let slot_of = |n: u64| n & OFFSET_MASK & !1;
     let tag_of = |n: u64| n & !OFFSET_MASK;
     let mut start = 0;
     for (head, (&end, &first)) in ends.iter().zip(&firsts).enumerate() {
-        for (moves, group, held) in [(0, from, first), (1, to, 0)] {
-            let run = || (start..end).filter(|&i| names[i] & 1 == moves);
-            let filter = run().fold(0, |f, i| f | tag_of(names[i]));
-            let (mut link, mut holds) = (head_offset(&g, group, head as u64), held);
-            let mut at_head = true;
-            for i in run() {
-                let slot = slot_of(names[i]);
-                let value = if at_head {
-                    Head::of(slot, filter).0
-                } else {
-                    slot
-                };
-                if holds != value {
-                    tx.set(link, value)?;
-                }
-                at_head = false;
-                link = slot + l::E_NEXT;
-                holds = if i + 1 < end {
-                    slot_of(names[i + 1])
-                } else {
-                    0
-                };
+        let mut lists = [
+            Rebuilt::new(head_offset(&g, from, head as u64), first),
+            Rebuilt::new(head_offset(&g, to, head as u64), 0),
+        ];
+        for i in start..end {
+            let list = &mut lists[(names[i] & 1) as usize];
+            let slot = slot_of(names[i]);
+            match list.last {
+                None => list.first = slot,
+                Some((link, holds)) if holds != slot => tx.set(link, slot)?,
+                Some(_) => {}
             }
-            if holds != 0 {
-                tx.set(link, 0)?;
+            list.filter |= tag_of(names[i]);
+            let after = if i + 1 < end {
+                slot_of(names[i + 1])
+            } else {
+                0
+            };
+            list.last = Some((slot + l::E_NEXT, after));
+        }
+        for list in &lists {
+            if let Some((link, holds)) = list.last {
+                if holds != 0 {
+                    tx.set(link, 0)?;
+                }
+            }
+            let word = Head::of(list.first, list.filter).0;
+            if word != list.held {
+                tx.set(list.head, word)?;
             }
         }
         start = end;
     }
     tx.set(l::EXTENT, now.grown().0)?;
     Ok(now.grown())
+}
+
+/// One of the two lists a split makes of a chain: its head, what the head holds now, and the
+/// list's first name, filter and last link (with what that link holds now) so far.
+struct Rebuilt {
+    head: u64,
+    held: u64,
+    first: u64,
+    filter: u64,
+    last: Option<(u64, u64)>,
+}
+
+impl Rebuilt {
+    fn new(head: u64, held: u64) -> Self {
+        Rebuilt {
+            head,
+            held,
+            first: 0,
+            filter: 0,
+            last: None,
+        }
+    }
 }
 
 /// Undoes the last splits (merges the last group in use back into the group it was split
@@ -183,16 +208,16 @@ fn merge_last(tx: &mut Tx) -> Result<bool> {
         let word = Head(word);
         filters[head as usize] = word.filter();
         let mut chain = Chain::starting_at(r, word.first());
-        while let Some(slot) = chain.step()? {
+        while let Some((at, _)) = chain.step_hash()? {
             total += 1;
             if total > SPLIT_LIMIT {
                 return Ok(false);
             }
             let end = &mut ends[head as usize];
             if end.0 == 0 {
-                end.0 = slot.at;
+                end.0 = at;
             }
-            end.1 = slot.at;
+            end.1 = at;
         }
     }
     tx.touch(into)?;

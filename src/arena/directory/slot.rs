@@ -187,8 +187,10 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
         }
     }
 
+    /// The offset of the next slot, after the checks every step makes (the chain's end, a
+    /// cycle, more links than the heap could hold).
     #[inline]
-    pub(super) fn step(&mut self) -> Result<Option<Slot>> {
+    fn advance(&mut self) -> Result<Option<u64>> {
         if self.next == 0 {
             return Ok(None);
         }
@@ -203,11 +205,36 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
             self.mark = self.next;
             self.power *= 2;
         }
-        let slot = read_slot(self.r, self.next)?;
+        Ok(Some(self.next))
+    }
+
+    #[inline]
+    pub(super) fn step(&mut self) -> Result<Option<Slot>> {
+        let Some(e) = self.advance()? else {
+            return Ok(None);
+        };
+        let slot = read_slot(self.r, e)?;
         self.next = slot.next();
         Ok(Some(slot))
     }
+
+    /// Like [`Chain::step`], reading only a slot's link and hash: its offset and hash, for
+    /// the walks that relink names by their hash (a split, a merge).
+    #[inline]
+    pub(super) fn step_hash(&mut self) -> Result<Option<(u64, u64)>> {
+        let Some(e) = self.advance()? else {
+            return Ok(None);
+        };
+        let at = check_entry(self.r, e)?;
+        let mut link_and_hash = [0u64; 2];
+        self.r.words(at + l::E_NEXT, &mut link_and_hash)?;
+        self.next = link_and_hash[0];
+        Ok(Some((at, link_and_hash[1])))
+    }
 }
+
+// `Chain::step_hash` reads the link and the hash as two consecutive words.
+const _: () = assert!(l::E_HASH == l::E_NEXT + 8);
 
 #[inline]
 pub(super) fn name_matches<M: Mem + ?Sized>(r: &M, slot: &Slot, name: &[u8]) -> Result<bool> {

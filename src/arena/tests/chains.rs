@@ -313,6 +313,22 @@ fn chain_heads_announce_their_names() {
         .collect();
     assert!((0..3000).all(|i| announced(&format!("f-{i}"))));
     arena.verify().unwrap();
+    // No name went yet, so every filter is exact: inserts set a name's bit, and the splits
+    // that moved names between heads rebuilt both heads' filters from the names they kept.
+    let mut tags: HashMap<u64, u64> = HashMap::new();
+    directory::each_entry(&r, |head, slot| {
+        *tags.entry(head).or_default() |= directory::tag(slot.hash());
+        Ok(true)
+    })
+    .unwrap();
+    let groups = directory::extent(&r).unwrap().groups();
+    let g = *r.geometry();
+    for head in (0..groups * l::GROUP_WORDS).filter(|w| w % l::GROUP_WORDS != 0) {
+        let head = g.buckets_offset + head * 8;
+        let filter = r.load(head).unwrap() & !(l::MAX_ARENA_SIZE - 1);
+        let want = tags.get(&head).copied().unwrap_or(0);
+        assert_eq!(filter, want, "the filter of the chain head at {head}");
+    }
     // Most names go: the directory merges back; the rest stay announced and findable.
     for b in blocks.drain(100..) {
         arena.deallocate(b).unwrap();
