@@ -305,7 +305,7 @@ impl Arena {
         give_up: impl FnMut() -> Option<G>,
         update: impl FnOnce(&mut Tx) -> Result<T>,
     ) -> Result<std::result::Result<T, G>> {
-        let r = self.region;
+        let r = &self.region;
         // SAFETY: the arena mutex was initialised before the arena became ready; the mapping
         // (and so the holder word) outlives this call.
         let guard = unsafe {
@@ -330,7 +330,7 @@ impl Arena {
             )
         };
         if guard.previous_owner_died() {
-            let recovered = recover(&r);
+            let recovered = recover(r);
             // The lock itself is made usable again either way; a log or a directory that fails
             // its checks is damage, recorded so that every later locker gets the same error
             // instead of working on bad metadata.
