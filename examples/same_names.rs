@@ -2,10 +2,12 @@
 //! "N ranks, same names" rows measure, with who created how many names, for studying the
 //! contended path on its own (perf, pinning).
 //!
-//!     cargo run --release --example same_names [-- --procs N] [--names N]
+//!     cargo run --release --example same_names [-- --procs N] [--names N] [--scatter N]
 //!
 //! Each process allocates `probe-0`, `probe-1`, ... in order (find-or-create), then all release
 //! them. Prints each process's median and p99 allocate latency and how many names it created.
+//! `--scatter N`: first make N other names and release them in a random order, so that the
+//! new names reuse parked blocks spread over the heap, as in a long-running code.
 
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -30,6 +32,27 @@ fn rendezvous(counter: &std::sync::atomic::AtomicU64, target: u64) {
     }
 }
 
+/// Makes `n` names and releases them in a random order (a fixed-seed generator): their
+/// slots and blocks are then parked in no particular order.
+fn scatter(arena: &Arena, n: usize) -> nodeshm::Result<()> {
+    let mut blocks = (0..n)
+        .map(|i| arena.allocate(&format!("scatter-{i}"), 64).map(Some))
+        .collect::<nodeshm::Result<Vec<_>>>()?;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for left in (1..=n).rev() {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        // The `left` blocks still held are the first `left` of the list.
+        let i = (x >> 33) as usize % left;
+        blocks.swap(i, left - 1);
+        if let Some(b) = blocks[left - 1].take() {
+            arena.deallocate(b)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> nodeshm::Result<()> {
     let procs = arg("--procs").unwrap_or(2) as u64;
     let count = arg("--names").unwrap_or(20_000);
@@ -49,6 +72,11 @@ fn main() -> nodeshm::Result<()> {
                 .expected_names(1 << 18),
         )?,
     };
+    if child.is_none() {
+        if let Some(n) = arg("--scatter") {
+            scatter(&arena, n)?;
+        }
+    }
     let sync = arena.allocate("sync", 16)?;
     let words = sync.as_atomic_u64();
     if child.is_none() {

@@ -19,6 +19,7 @@
 use super::directory::{self, Slot};
 use super::heap::{self, BLOCK_HEADER};
 use super::layout::{self as l, PARK_CLASSES};
+
 use super::region::{Counter, Mem, Region, Tx};
 use crate::error::{Error, Result};
 
@@ -67,7 +68,36 @@ fn pop(tx: &mut Tx, class: usize) -> Result<Option<(u64, u64)>> {
     let (slot, size) = check_parked(r, e, class)?;
     tx.set(head(class), slot.next())?;
     tx.count(Counter::ParkedBytes, (size + BLOCK_HEADER).wrapping_neg());
+    prefetch_next(r, slot.next(), size);
     Ok(Some((e, slot.block())))
+}
+
+/// Starts bringing the parked pairs that the next takes of this list will pop: the block of
+/// `next` (the new head) and the slot after it. Parked pairs lie wherever their names were
+/// removed, in any order, so each take would otherwise wait for a cache miss on its slot, then
+/// one on its block (one process making 20,000 names from 80,000 pairs parked in random order:
+/// 430-500 ns a name, against 150 when they were parked in order). `next`'s slot line was
+/// brought by the take before, so reading its words here rarely waits. Only hints: nothing
+/// read here is trusted, and the next take checks its pair as ever.
+#[inline]
+fn prefetch_next(r: &Region, next: u64, payload: u64) {
+    if next == 0 {
+        return;
+    }
+    let Some(words) = r.peek::<{ (l::ENTRY_SIZE / 8) as usize }>(next) else {
+        return;
+    };
+    let (after, block) = (
+        words[(l::E_NEXT / 8) as usize],
+        words[(l::E_BLOCK / 8) as usize],
+    );
+    // The block's header and the start of its payload, which the take reads and zeroes (the
+    // hardware's own prefetcher follows a longer payload).
+    let lines = (payload + BLOCK_HEADER).div_ceil(64).min(4);
+    r.prefetch_write(block.wrapping_sub(BLOCK_HEADER), lines);
+    if after != 0 {
+        r.prefetch_write(after, 1);
+    }
 }
 
 /// Checks that `e`, found on the list of `class`, is a slot without references whose block is
