@@ -59,6 +59,7 @@ fn end_of<M: Mem + ?Sized>(r: &M, b: u64, size: u64) -> Result<u64> {
         })
 }
 
+#[inline(always)]
 fn set_size_flags(tx: &mut Tx, b: u64, size: u64, flags: u64) -> Result<()> {
     tx.set(b + 8, size | flags)
 }
@@ -159,6 +160,7 @@ fn remove_free(tx: &mut Tx, b: u64) -> Result<()> {
 /// anyone is handed it, and after a rollback they are bytes inside `b`'s payload past its
 /// links, which nothing reads. A fresh arena's carve, name after name, logs 5 words instead
 /// of 8.
+#[inline(always)]
 fn carve(
     tx: &mut Tx,
     b: u64,
@@ -202,6 +204,7 @@ fn carve(
 }
 
 /// A free block whose payload is at least `size` with its size-and-flags word, or None.
+#[inline(always)]
 fn find_suitable(r: &Region, size: u64) -> Result<Option<(u64, u64)>> {
     let (mut fl, sl) = mapping_search(size);
     if fl >= l::FL_COUNT {
@@ -238,6 +241,7 @@ fn find_suitable(r: &Region, size: u64) -> Result<Option<(u64, u64)>> {
 
 /// Checks that a free block taken from a list is really a free block of at least `size`, lying
 /// inside the heap. Returns the block with its size-and-flags word, read once.
+#[inline(always)]
 fn usable_free_block(r: &Region, b: u64, size: u64) -> Result<(u64, u64)> {
     check_block(r, b)?;
     let word = r.load(b + 8)?;

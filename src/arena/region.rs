@@ -267,6 +267,7 @@ impl Region {
     /// Raises the word at `off` to `value` if it is below: a load and a store, not a
     /// read-modify-write, for the marks only the holder of the arena lock writes (the high
     /// water mark, the pristine mark); a reader without the lock sees the old or the new value.
+    #[inline(always)]
     pub(crate) fn raise(&self, off: u64, value: u64) -> Result<()> {
         let word = self.word(off)?;
         if word.load(Ordering::Acquire) < value {
@@ -309,6 +310,7 @@ impl Region {
     }
 
     /// Zeroes `len` bytes at `off` (fresh, unpublished memory only).
+    #[inline(always)]
     pub(crate) fn zero(&self, off: u64, len: u64) -> Result<()> {
         let dst = self.at(off, len)?;
         // SAFETY: `at` checked the range; the caller zeroes only memory it just took from the heap.
