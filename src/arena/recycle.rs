@@ -59,6 +59,7 @@ pub(crate) fn take(tx: &mut Tx, payload: u64) -> Result<Option<(u64, u64)>> {
 }
 
 /// Takes the first slot off the list of `class`, checked: `(slot, block)`.
+#[inline(always)]
 fn pop(tx: &mut Tx, class: usize) -> Result<Option<(u64, u64)>> {
     let r = tx.region();
     let e = tx.get(head(class))?;

@@ -84,7 +84,7 @@ impl Region {
     }
 
     /// Address of `off`, checked to lie inside the mapping with room for `size` bytes.
-    #[inline]
+    #[inline(always)]
     fn at(&self, off: u64, size: u64) -> Result<*mut u8> {
         if off.checked_add(size).is_none_or(|end| end > self.len) {
             return Err(outside(off, size, self.len));
@@ -542,6 +542,7 @@ impl<'r> Tx<'r> {
     /// `directory::group_of` gives it) as being changed, before the first change to them:
     /// lock-free readers that started earlier see the version move and do not trust what they
     /// read meanwhile.
+    #[inline(always)]
     pub(crate) fn touch(&mut self, group: u64) -> Result<()> {
         if self.touched[..self.touched_len].contains(&group) {
             return Ok(());
@@ -565,6 +566,7 @@ impl<'r> Tx<'r> {
     }
 
     /// Makes the update permanent.
+    #[inline(always)]
     pub(crate) fn commit(mut self) {
         let _ = self.region.store(l::UNDO_LEN, 0);
         self.len = 0;

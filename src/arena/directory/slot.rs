@@ -189,7 +189,7 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
 
     /// The offset of the next slot, after the checks every step makes (the chain's end, a
     /// cycle, more links than the heap could hold).
-    #[inline]
+    #[inline(always)]
     fn advance(&mut self) -> Result<Option<u64>> {
         if self.next == 0 {
             return Ok(None);
@@ -220,7 +220,7 @@ impl<'m, M: Mem + ?Sized> Chain<'m, M> {
 
     /// Like [`Chain::step`], reading only a slot's link and hash: its offset and hash, for
     /// the walks that relink names by their hash (a split, a merge).
-    #[inline]
+    #[inline(always)]
     pub(super) fn step_hash(&mut self) -> Result<Option<(u64, u64)>> {
         let Some(e) = self.advance()? else {
             return Ok(None);
