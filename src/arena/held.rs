@@ -33,8 +33,8 @@ pub(super) type HeldMap = HashMap<u64, Held, std::hash::BuildHasherDefault<Offse
 /// neighbouring buckets, and a process holding 100,000 names inserts and removes entries in
 /// lines the prefetcher brings instead of one cache miss each (a random hash cost that; with
 /// 100,000 live names, 20,000 new ones took 380-460 ns each, 320-350 with this hash, and their
-/// release 230-280 ns, 110-220). Distinct offsets never collide whole, and cheaper than
-/// SipHash.
+/// release 230-280 ns, 110-220). Distinct offsets never share a whole hash, and it is cheaper
+/// than SipHash.
 #[derive(Default, Clone, Copy)]
 pub(super) struct OffsetHasher(u64);
 

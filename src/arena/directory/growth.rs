@@ -42,8 +42,8 @@ fn live_names(r: &Region) -> u64 {
     r.header_word(l::LIVE_BLOCKS).load(Ordering::Relaxed)
 }
 
-/// The split of [`grow`], out of line: its lists take a few KiB of stack, which every insert
-/// would otherwise reserve (and probe) whether it splits or not.
+/// The split of [`grow`], out of line: its lists take over half a KiB of stack, which every
+/// insert would otherwise reserve whether it splits or not (one in seven does).
 #[inline(never)]
 fn split_next(tx: &mut Tx, now: Extent) -> Result<Extent> {
     let r = tx.region();
