@@ -50,6 +50,8 @@ pub(crate) use lockfree::{
 };
 pub use names::MAX_NAME_LEN;
 pub(crate) use names::{checked_hash, hash};
+#[cfg(test)]
+pub(crate) use slot::names_equal;
 pub(crate) use slot::{data_of, read_slot, state, Slot, PENDING};
 pub(crate) use update::{give_back, insert, lookup_locked, remove_dead};
 #[cfg(test)]

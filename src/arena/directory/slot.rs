@@ -245,7 +245,7 @@ pub(super) fn name_matches<M: Mem + ?Sized>(r: &M, slot: &Slot, name: &[u8]) -> 
 /// read). Word by word: a name starts its 16-aligned block, whose data begins past the name's
 /// last word, so whole-word reads stay inside the block; a mismatch usually shows in the first.
 #[inline]
-pub(super) fn names_equal(
+pub(crate) fn names_equal(
     mut load: impl FnMut(u64) -> Option<u64>,
     slot: &Slot,
     name: &[u8],

@@ -77,6 +77,39 @@ fn names_hash_as_read_byte_by_byte() {
     }
 }
 
+/// A stored name is compared word by word, its short tail masked: every length from 1 to 40
+/// matches itself, and no name that differs in one byte (any position) or in length.
+#[test]
+fn stored_names_compare_in_every_byte() {
+    let dir = TempDir::new();
+    let arena = Arena::create("compare", &dir.options(1 << 20)).unwrap();
+    let r = arena.region;
+    let text: String = (0..41u8).map(|i| char::from(b'a' + i % 26)).collect();
+    for len in 1..=40 {
+        let name = &text[..len];
+        let block = arena.allocate(name, 8).unwrap();
+        let slot = directory::read_slot(&r, live_entry(&arena, name).0).unwrap();
+        let equal = |other: &[u8]| directory::names_equal(|at| r.load(at).ok(), &slot, other);
+        assert_eq!(equal(name.as_bytes()), Some(true), "{name}");
+        for at in 0..len {
+            let mut other = name.as_bytes().to_vec();
+            other[at] ^= 0x20;
+            assert_eq!(equal(&other), Some(false), "{name} with byte {at} changed");
+        }
+        assert_eq!(
+            equal(&name.as_bytes()[..len - 1]),
+            Some(false),
+            "{name} shortened"
+        );
+        assert_eq!(
+            equal(&text.as_bytes()[..len + 1]),
+            Some(false),
+            "{name} lengthened"
+        );
+        arena.deallocate(block).unwrap();
+    }
+}
+
 /// A name's chain is chosen in two steps (the group of heads sharing a cache line with their
 /// version from the hash's low bits, the head within it from the high bits): together they
 /// must spread names as evenly as one uniform choice among all heads, once the directory has
