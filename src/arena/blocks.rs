@@ -134,6 +134,7 @@ impl Arena {
     /// Records a reference just taken and makes its Block. The reference is recorded after it
     /// was taken and forgotten (by `deallocate_offset`) before it is dropped, so that an entry
     /// of the map always names the generation its references belong to.
+    #[inline(always)]
     fn hand_out(
         &self,
         entry: u64,

@@ -27,6 +27,7 @@ pub(crate) enum Fast {
 /// no update touched during the walk (so the slot belongs to a committed chunk: memory that
 /// stays a slot); the caller then takes its reference with [`take_reference`], whose
 /// compare-and-swap fails if the slot changed generation or lost its last reference since.
+#[inline(always)]
 pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     let g = r.geometry();
     // The extent first: a split that ends before the version is read is then seen by the
@@ -114,7 +115,7 @@ pub(crate) fn still_missing(r: &Region, h: u64, version: u64, extent: u64) -> bo
 /// Adds one reference to entry `e` if its state is still `seen` (same generation, live):
 /// `Ok(false)` when it changed (the caller looks again). Lock-free: a compare-and-swap that
 /// never revives an entry without references.
-#[inline]
+#[inline(always)]
 pub(crate) fn take_reference(r: &Region, e: u64, seen: State) -> Result<bool> {
     if !seen.live() {
         return Ok(false);
