@@ -42,32 +42,7 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
     // Ok(None) with `dead`: an entry of this name without references, or one whose update a
     // dead process committed but did not publish: only the lock can tell what to do with it.
     let mut dead = false;
-    // A plain bounded walk, no cycle detection: a chain longer than FAST_STEPS (a cycle,
-    // or names far beyond the directory's size) is left to the lock, whose walk reports it.
-    // `None`: something could not be read; the lock's walk tells what.
-    let mut walk = || -> Option<Option<Slot>> {
-        let [head] = r.peek::<1>(bucket)?;
-        let head = Head(head);
-        if !head.may_hold(h) {
-            return Some(None);
-        }
-        let mut next = head.first();
-        for _ in 0..FAST_STEPS {
-            if next == 0 {
-                return Some(None);
-            }
-            let slot = peek_slot(r, next)?;
-            if slot.hash() == h && names_equal(|at| r.peek::<1>(at).map(|[w]| w), &slot, name)? {
-                if slot.state().live() {
-                    return Some(Some(slot));
-                }
-                dead = true;
-            }
-            next = slot.next();
-        }
-        None
-    };
-    let found = walk();
+    let found = walk_chain(r, bucket, name, h, &mut dead);
     // The walk's loads may not move past the second read of the version (a seqlock reader).
     std::sync::atomic::fence(Ordering::Acquire);
     if version.load(Ordering::Acquire) != before || extent_hint(r) != extent {
@@ -81,6 +56,42 @@ pub(crate) fn lookup_fast(r: &Region, name: &[u8], h: u64) -> Fast {
         },
         _ => Fast::Busy,
     }
+}
+
+/// The walk of [`lookup_fast`]: the live slot named `name` on the chain at `bucket`
+/// (`Some(None)`: none, `dead` set if one without references was met). A plain bounded walk,
+/// no cycle detection: a chain longer than [`FAST_STEPS`] (a cycle, or names far beyond the
+/// directory's size) is left to the lock, whose walk reports it, as is a link that cannot be
+/// read (`None`). A function of its own rather than a closure, so that it is inlined and its
+/// slot stays out of memory.
+#[inline(always)]
+fn walk_chain(
+    r: &Region,
+    bucket: u64,
+    name: &[u8],
+    h: u64,
+    dead: &mut bool,
+) -> Option<Option<Slot>> {
+    let [head] = r.peek::<1>(bucket)?;
+    let head = Head(head);
+    if !head.may_hold(h) {
+        return Some(None);
+    }
+    let mut next = head.first();
+    for _ in 0..FAST_STEPS {
+        if next == 0 {
+            return Some(None);
+        }
+        let slot = peek_slot(r, next)?;
+        if slot.hash() == h && names_equal(|at| r.peek::<1>(at).map(|[w]| w), &slot, name)? {
+            if slot.state().live() {
+                return Some(Some(slot));
+            }
+            *dead = true;
+        }
+        next = slot.next();
+    }
+    None
 }
 
 /// Links a lock-free lookup follows before it leaves the chain to the lock: far more than a
