@@ -311,7 +311,7 @@ pub(crate) fn payload_for(size: u64) -> Result<u64> {
 
 /// The payload size of the block in use whose payload starts at `payload`; `Corrupted` if
 /// that is not a block in use.
-#[inline]
+#[inline(always)]
 pub(crate) fn payload_size<M: Mem + ?Sized>(r: &M, payload: u64) -> Result<u64> {
     let b = check_block(r, payload.wrapping_sub(HDR))?;
     // One read of the size word (every parked reuse checks its block this way).

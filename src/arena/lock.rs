@@ -205,6 +205,7 @@ impl Drop for LockGuard<'_> {
 /// # Safety
 /// `m` must point to a mutex initialised by [`init`] inside a live shared mapping that outlives
 /// `'a` (as `holder` does).
+#[inline(always)]
 pub(crate) unsafe fn acquire<'a, G>(
     m: *mut libc::pthread_mutex_t,
     holder: &'a AtomicU32,

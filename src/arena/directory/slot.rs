@@ -123,7 +123,7 @@ fn misplaced(at: u64, data: u64, size: u64) -> Error {
 }
 
 /// Slot `e` (checked by [`check_entry`]), all its words.
-#[inline]
+#[inline(always)]
 pub(crate) fn read_slot<M: Mem + ?Sized>(r: &M, e: u64) -> Result<Slot> {
     let at = check_entry(r, e)?;
     let mut words = [0u64; WORDS];
