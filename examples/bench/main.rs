@@ -256,9 +256,7 @@ fn main() {
         ours = cases::named(&mut ctx);
         let runs = arg("--named-runs").and_then(|n| n.parse::<usize>().ok());
         if let Some(runs) = runs.filter(|&n| n > 1) {
-            let first = std::mem::take(&mut ctx.report);
-            let mut all = vec![stability_figures(&first, ranks)];
-            ctx.report = first;
+            let mut all = vec![stability_figures(&ctx.report, ranks)];
             for _ in 1..runs {
                 let kept = std::mem::take(&mut ctx.report);
                 cases::named(&mut ctx);

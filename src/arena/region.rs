@@ -283,9 +283,9 @@ impl Region {
     }
 
     /// Asks the processor to bring the `lines` cache lines from `off` close, for writing: a
-    /// hint for memory an update will soon touch (the next parked slot and block), which
-    /// changes nothing and cannot fault. Offsets outside the mapping are skipped; on other
-    /// architectures than x86-64 it does nothing.
+    /// hint for memory an update will soon touch (the next parked slot and block, the slots a
+    /// split or a merge walks), which changes nothing and cannot fault. Offsets outside the
+    /// mapping are skipped; on other architectures than x86-64 it does nothing.
     #[inline]
     pub(crate) fn prefetch_write(&self, off: u64, lines: u64) {
         let Some(bytes) = lines.checked_mul(64) else {

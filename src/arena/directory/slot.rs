@@ -143,15 +143,15 @@ pub(super) fn peek_slot(r: &Region, e: u64) -> Option<Slot> {
     })
 }
 
-/// Starts reading the slots at `firsts` all at once: independent loads that the processor
-/// overlaps, where a walk of the chains one after another would wait for each cache miss in
-/// turn (a split or a merge among 100,000 names meets a cold slot per chain). Nothing read
-/// here is used; offsets that are not slots are skipped.
+/// Starts bringing the slots at `firsts` all at once ([`Region::prefetch_write`]): the
+/// processor fetches them together, where a walk of the chains one after another would wait
+/// for each cache miss in turn (a split or a merge among 100,000 names meets a cold slot per
+/// chain, and relinks some of them). Offsets that are not slots are skipped.
 #[inline]
 pub(super) fn warm(r: &Region, firsts: impl IntoIterator<Item = u64>) {
     for e in firsts {
         if is_slot_offset(r.geometry(), e) {
-            std::hint::black_box(r.peek::<1>(e + l::E_NEXT));
+            r.prefetch_write(e, 1);
         }
     }
 }
