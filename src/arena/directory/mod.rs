@@ -44,6 +44,8 @@ pub(crate) use extent::{extent, Extent};
 #[cfg(test)]
 pub(crate) use extent::{tag, CHAINS_PER_NAME};
 pub(crate) use growth::shrink;
+#[cfg(test)]
+pub(crate) use lockfree::WAIT_FOR_CHAIN;
 pub(crate) use lockfree::{
     drop_reference, lookup_fast, still_missing, take_reference, take_reference_now, wait_for_chain,
     Fast,

@@ -415,6 +415,44 @@ fn chain_heads_announce_their_names() {
     }
 }
 
+/// A lock-free reader that meets a chain being updated waits for the update without the lock,
+/// and leaves it to the lock when the update does not end: a bounded wait, after which the
+/// name is still found.
+#[test]
+fn a_chain_waiter_waits_a_bounded_time_then_leaves_it_to_the_lock() {
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new();
+    let arena = Arena::create("wait", &dir.options(1 << 20)).unwrap();
+    let b = arena.allocate("a", 64).unwrap();
+    let r = arena.region;
+    let h = directory::hash(b"a");
+    assert!(directory::wait_for_chain(&r, h), "no update: no wait");
+    // Every chain "being updated" by a holder that never ends its update.
+    let groups = r.geometry().groups();
+    for group in 0..groups {
+        r.bump_version(group);
+    }
+    assert!(matches!(
+        directory::lookup_fast(&r, b"a", h),
+        directory::Fast::Busy
+    ));
+    let start = Instant::now();
+    assert!(!directory::wait_for_chain(&r, h));
+    let waited = start.elapsed();
+    assert!(
+        waited >= directory::WAIT_FOR_CHAIN && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    let found = arena.find("a").unwrap().expect("found under the lock");
+    arena.deallocate(found).unwrap();
+    for group in 0..groups {
+        r.bump_version(group);
+    }
+    assert!(directory::wait_for_chain(&r, h));
+    arena.deallocate(b).unwrap();
+    arena.verify().unwrap();
+}
+
 /// A chain that loops (damage) ends a lock-free lookup after a bounded walk, which leaves the
 /// name to the lock, where the walk with cycle detection reports it.
 #[test]
