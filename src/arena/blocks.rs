@@ -42,7 +42,7 @@ impl Arena {
         let align = align.max(l::ALIGN);
         let key = name.as_bytes();
         let r = &self.region;
-        let find_or_insert = |tx: &mut super::region::Tx, missing: Option<(u64, u64)>| {
+        let find_or_insert = |tx: &mut super::undo::Tx, missing: Option<(u64, u64)>| {
             let r = tx.region();
             let known_missing = missing.is_some_and(|(v, e)| directory::still_missing(r, h, v, e));
             let existing = if known_missing {

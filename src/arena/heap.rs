@@ -7,7 +7,8 @@
 //! 0 = none) in the first 16 bytes of their payload.
 
 use crate::arena::layout::{self as l, ALIGN, FL_SHIFT, SL_COUNT, SL_LOG2, SMALL_BLOCK};
-use crate::arena::region::{Mem, Region, Tx};
+use crate::arena::region::{Mem, Region};
+use crate::arena::undo::Tx;
 use crate::error::{Error, Result};
 
 const HDR: u64 = 16;

@@ -56,7 +56,7 @@ pub struct LockSlot {
 #[repr(C, align(64))]
 pub struct Log {
     pub undo_len: u64,
-    /// Counters applied at commit and recounted by a recovery (see `region::Counter`).
+    /// Counters applied at commit and recounted by a recovery (see `undo::Counter`).
     pub live_blocks: u64,
     pub requested: u64,
     /// Heap bytes (headers included) of the blocks parked on `Meta::parked` (see

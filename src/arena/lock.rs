@@ -14,7 +14,8 @@ use std::time::Duration;
 use nix::libc;
 
 use super::layout as l;
-use super::region::{Region, Tx};
+use super::region::Region;
+use super::undo::Tx;
 use super::{directory, recycle};
 use super::{Arena, UserLock};
 use crate::error::{Error, Result};

@@ -31,6 +31,7 @@ mod region;
 pub(crate) mod shm;
 #[cfg(test)]
 mod tests;
+mod undo;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -19,7 +19,8 @@
 use super::directory::{self, Slot};
 use super::heap::{self, BLOCK_HEADER};
 use super::layout::{self as l, PARK_CLASSES};
-use super::region::{Counter, Mem, Region, Tx};
+use super::region::{Mem, Region};
+use super::undo::{Counter, Tx};
 use crate::error::{Error, Result};
 
 /// The class of a block with `payload` bytes (a multiple of 16), if it is small enough.

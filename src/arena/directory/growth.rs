@@ -8,7 +8,8 @@ use super::extent::{current_extent, head_offset, tag, Extent, Head, OFFSET_MASK}
 use super::extent::{CHAINS_PER_NAME, SHRINK_AT_CHAINS_PER_NAME, SPLIT_LIMIT};
 use super::slot::{warm, Chain};
 use crate::arena::layout as l;
-use crate::arena::region::{Mem, Region, Tx};
+use crate::arena::region::{Mem, Region};
+use crate::arena::undo::Tx;
 use crate::error::{Error, Result};
 
 /// Splits the next group of the directory (linear hashing) when the names, counting the one

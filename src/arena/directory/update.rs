@@ -7,7 +7,8 @@ use super::extent::{current_extent, tag, Head};
 use super::growth::grow;
 use super::slot::{block_request, check_entry, name_matches, read_slot, state, Chain, PENDING};
 use crate::arena::layout::{self as l, round_up, ENTRY_SIZE};
-use crate::arena::region::{Counter, Mem, Tx};
+use crate::arena::region::Mem;
+use crate::arena::undo::{Counter, Tx};
 use crate::arena::{heap, recycle};
 use crate::error::{Error, Result};
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use proptest::prelude::*;
 
 use super::layout as l;
-use super::region::Tx;
+use super::undo::Tx;
 use super::*;
 use crate::Error;
 use crate::ErrorCode;
