@@ -9,8 +9,9 @@
 //!
 //! All metadata words are read and written with atomic operations: other processes map the same
 //! memory, so plain references into it would be data races in Rust's model. Writes under the
-//! arena lock go through [`Tx`](super::undo::Tx), which records the old value of each word in the in-arena undo log
-//! before changing it; the next process to take the lock after a crash rolls the log back.
+//! arena lock go through [`Tx`](super::undo::Tx), which records the old value of each word in
+//! the in-arena undo log before changing it; the next process to take the lock after a crash
+//! rolls the log back.
 //!
 //! The accessors that every update and lookup calls are `#[inline(always)]`, as are the steps
 //! of the heap, the directory and the park lists on a named allocation's path: their

@@ -139,8 +139,8 @@ pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
 /// chain (150-300 ns when it creates a name), so that the updater runs ahead.
 const LOOK_EVERY: Duration = Duration::from_micros(2);
 
-/// Pauses [`wait_for_chain`] makes at most, whatever the clock says: about 20 us at 1 ns a
-/// pause, 2.5 ms at this CPU's 25.
+/// Pauses [`wait_for_chain`] makes at most, whatever the clock says: 100 us at 1 ns a pause,
+/// 2.5 ms at this CPU's 25 ns.
 const MAX_PAUSES: u32 = 100_000;
 
 /// How long [`wait_for_chain`] waits before it leaves the wait to the lock (an update that
