@@ -36,19 +36,15 @@ fn rendezvous(counter: &std::sync::atomic::AtomicU64, target: u64) {
 /// slots and blocks are then parked in no particular order.
 fn scatter(arena: &Arena, n: usize) -> nodeshm::Result<()> {
     let mut blocks = (0..n)
-        .map(|i| arena.allocate(&format!("scatter-{i}"), 64).map(Some))
+        .map(|i| arena.allocate(&format!("scatter-{i}"), 64))
         .collect::<nodeshm::Result<Vec<_>>>()?;
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for left in (1..=n).rev() {
+    while !blocks.is_empty() {
         x = x
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        // The `left` blocks still held are the first `left` of the list.
-        let i = (x >> 33) as usize % left;
-        blocks.swap(i, left - 1);
-        if let Some(b) = blocks[left - 1].take() {
-            arena.deallocate(b)?;
-        }
+        let i = (x >> 33) as usize % blocks.len();
+        arena.deallocate(blocks.swap_remove(i))?;
     }
     Ok(())
 }

@@ -119,18 +119,21 @@ pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
     let start = Instant::now();
     let mut look_at = LOOK_EVERY;
     // The clock bounds the wait; the count of pauses bounds it too, should the clock not
-    // move (a pause takes from a few to a few tens of nanoseconds).
-    let mut pauses = 0u32;
-    while look_at <= WAIT_FOR_CHAIN && pauses < MAX_PAUSES {
-        // Reading the clock touches no shared line.
-        while start.elapsed() < look_at && pauses < MAX_PAUSES {
-            std::hint::spin_loop();
-            pauses += 1;
+    // move (a pause takes from a few to a few tens of nanoseconds). Reading the clock touches
+    // no shared line.
+    for _ in 0..MAX_PAUSES {
+        std::hint::spin_loop();
+        let waited = start.elapsed();
+        if waited < look_at {
+            continue;
         }
         if version.load(Ordering::Acquire) & 1 == 0 {
             return true;
         }
-        look_at += LOOK_EVERY;
+        if waited >= WAIT_FOR_CHAIN {
+            return false;
+        }
+        look_at = waited + LOOK_EVERY;
     }
     false
 }
