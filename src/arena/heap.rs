@@ -397,6 +397,77 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     Ok(payload)
 }
 
+/// Allocates a zeroed block of at least `size` payload bytes from the top end of a free block
+/// of the largest class, for what is never freed (the directory's slot chunks): those then
+/// gather at the heap's end, away from the blocks that names take and give back, so that once
+/// those are freed and merged (`coalesce`), the space they leave is whole again and new names
+/// carve it without changing its class. In a fresh arena the chunks stack down from the
+/// heap's end. Falls back to [`alloc`] when no block is large enough to split. O(1).
+///
+/// What lies at or above the pristine mark stays zero wherever it is free: the chunk is
+/// never freed, and its header words are logged, so that a rollback gives back zeros.
+pub(crate) fn alloc_top(tx: &mut Tx, size: u64) -> Result<u64> {
+    let r = tx.region();
+    let want = payload_for(size)?;
+    let Some((b, word)) = largest_class_head(r)? else {
+        return alloc(tx, size);
+    };
+    let have = word & !FLAGS;
+    if have < want + HDR + MIN_PAYLOAD {
+        return alloc(tx, size);
+    }
+    let low = have - want - HDR;
+    let top = b + HDR + low;
+    let (payload, end) = (top + HDR, top + HDR + want);
+    if mapping(low) == free_class(b, have)? {
+        // Still in its class: it keeps its place in its list.
+        set_size_flags(tx, b, low, FREE | (word & PREV_FREE))?;
+    } else {
+        remove_free(tx, b)?;
+        set_size_flags(tx, b, low, FREE | (word & PREV_FREE))?;
+        insert_free(tx, b)?;
+    }
+    tx.set(top, b)?;
+    set_size_flags(tx, top, want, PREV_FREE)?;
+    // `end` is `b`'s old neighbour (checked by `largest_class_head`), which now follows a
+    // block in use.
+    set_flag(tx, end, PREV_FREE, false)?;
+    let used = tx.get(l::USED)?.wrapping_add(want + HDR);
+    tx.set(l::USED, used)?;
+    r.raise(l::HIGH_WATER, used)?;
+    let pristine = r.load(l::PRISTINE_FROM)?;
+    if payload < pristine {
+        r.zero(payload, end.min(pristine) - payload)?;
+    }
+    Ok(payload)
+}
+
+/// The first block of the largest class that holds any, with its size-and-flags word
+/// (checked), or None when the heap has no free block.
+fn largest_class_head(r: &Region) -> Result<Option<(u64, u64)>> {
+    let flmap = r.load(l::FL_BITMAP)?;
+    if flmap == 0 {
+        return Ok(None);
+    }
+    let fl = 63 - flmap.leading_zeros() as usize;
+    let slmap = if fl < l::FL_COUNT {
+        r.load(sl_off(fl))?
+    } else {
+        0
+    };
+    let head = if slmap == 0 {
+        0
+    } else {
+        r.load(head_off(fl, 63 - slmap.leading_zeros() as usize))?
+    };
+    if head == 0 {
+        return Err(damaged(format!(
+            "the heap's class bitmap {flmap:#x} names class {fl}, which has no free block"
+        )));
+    }
+    usable_free_block(r, head, MIN_PAYLOAD).map(Some)
+}
+
 /// Frees the block whose payload is at `payload`, merging it with free neighbours.
 pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
     let r = tx.region();

@@ -57,16 +57,20 @@ fn take_slot(tx: &mut Tx) -> Result<u64> {
         tx.set(l::SLOT_FREE, r.load(slot + l::E_NEXT)?)?;
         return Ok(slot);
     }
-    let chunk = heap::alloc(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE)?;
-    // The chunk is fresh (zeroed: generation 0, no references) and unreachable until the
-    // list head below, so plain stores suffice for its links.
+    let chunk = heap::alloc_top(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE)?;
+    // The chunk is zeroed (generation 0, no references), and usually carved from memory above
+    // the pristine mark, which a rollback must leave zero: its links are logged, and so is the
+    // first slot, which `insert` fills with plain stores (39 words once every 32 names).
+    for word in (0..ENTRY_SIZE).step_by(8) {
+        tx.set(chunk + word, 0)?;
+    }
     for i in 1..l::SLOTS_PER_CHUNK {
         let next = if i + 1 < l::SLOTS_PER_CHUNK {
             chunk + (i + 1) * ENTRY_SIZE
         } else {
             0
         };
-        r.store(chunk + i * ENTRY_SIZE + l::E_NEXT, next)?;
+        tx.set(chunk + i * ENTRY_SIZE + l::E_NEXT, next)?;
     }
     tx.set(l::SLOT_FREE, chunk + ENTRY_SIZE)?;
     tx.set(l::SLOTS, tx.get(l::SLOTS)?.wrapping_add(l::SLOTS_PER_CHUNK))?;
@@ -94,10 +98,8 @@ pub(crate) fn insert(
             (slot, block)
         }
         None => {
-            // The slot first: a new chunk of slots then lies below the block, so that freeing
-            // the block later merges it with the free space after it. A block that cannot fit
-            // fails before a chunk is carved, so the error's figures are the arena's as it
-            // stands.
+            // A block that cannot fit fails before a chunk of slots is carved, so the error's
+            // figures are the arena's as it stands.
             if tx.get(l::SLOT_FREE)? == 0 {
                 heap::check_fits(r, request)?;
             }

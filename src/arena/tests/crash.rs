@@ -105,6 +105,66 @@ fn an_interrupted_carve_of_fresh_memory_leaves_it_zero_at_any_point() {
     );
 }
 
+/// A new chunk of directory slots is carved from the top of the heap, above the pristine mark,
+/// and its words are logged. An insert that carves one, interrupted at every logged write,
+/// leaves the free memory at and above the mark zero, as later allocations take it to be.
+#[test]
+fn an_interrupted_carve_of_a_slot_chunk_leaves_fresh_memory_zero() {
+    let dir = TempDir::new();
+    let arena = Arena::create("s", &dir.options(1 << 20)).unwrap();
+    // Every slot of the first chunk in use: the next insert carves a second chunk.
+    let held: Vec<_> = (0..l::SLOTS_PER_CHUNK)
+        .map(|i| arena.allocate(&format!("n{i}"), 100).unwrap())
+        .collect();
+    let r = arena.region;
+    assert_eq!(r.load(l::SLOT_FREE).unwrap(), 0);
+    let first_chunk = (0..l::SLOTS_PER_CHUNK)
+        .map(|i| live_entry(&arena, &format!("n{i}")).0)
+        .min()
+        .unwrap();
+    assert!(
+        first_chunk > r.geometry().heap_end - 4096,
+        "the first chunk lies at the heap's end"
+    );
+    // The header of a second chunk, just below the first.
+    let second = first_chunk - 16 - (l::SLOTS_PER_CHUNK * l::ENTRY_SIZE + 16);
+    let zero_from_mark = |below: u64, what: &str| {
+        let mark = r.load(l::PRISTINE_FROM).unwrap();
+        (mark..below)
+            .step_by(8)
+            .find(|&at| r.load(at).unwrap() != 0)
+            .map(|at| panic!("{what}: word {at} above the mark {mark} is not zero"))
+    };
+    zero_from_mark(first_chunk - 16, "before");
+    let before = (arena.entries().unwrap(), arena.stats().unwrap());
+    let key = b"interrupted";
+    let (mut completed, mut carved_then_stopped) = (false, false);
+    for stop_after in 1..120u64 {
+        let mut tx = Tx::begin(&r);
+        tx.limit = Some(stop_after);
+        let done = directory::insert(&mut tx, key, directory::hash(key), 300, 64).is_ok();
+        std::mem::forget(tx);
+        completed |= done;
+        carved_then_stopped |= !done && r.load(second + 8).unwrap() != 0;
+        lock::recover(&r).unwrap();
+        assert_as_before(&arena, &before, &format!("stopped at write {stop_after}"));
+        zero_from_mark(first_chunk - 16, &format!("stopped at write {stop_after}"));
+    }
+    assert!(completed, "every stopping point was tried");
+    assert!(
+        carved_then_stopped,
+        "some attempt was stopped after carving the chunk"
+    );
+    // Made for real: the new slot lies in a second chunk just below the first.
+    let b = arena.allocate("interrupted", 300).unwrap();
+    let slot = live_entry(&arena, "interrupted").0;
+    assert_eq!(slot, second + 16);
+    zero_from_mark(second, "after the insert");
+    arena.deallocate(b).unwrap();
+    drop(held);
+    arena.verify().unwrap();
+}
+
 /// The counters that updates keep outside the undo log are whatever a process killed after its
 /// commit point left; the recovery recounts them from the directory and the park lists.
 #[test]
