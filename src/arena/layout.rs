@@ -9,7 +9,8 @@
 //!                 its group then 7 heads of entry chains (offset | filter << 48); the
 //!                 groups in use grow with the names (`Meta::extent`), the rest stay empty
 //! heap_offset     TLSF heap: blocks of [prev_phys u64][size|flags u64][payload...]; named
-//!                 blocks hold [name][padding][data]; chunks of 32 directory slots (Entry)
+//!                 blocks hold [name][padding][data]; chunks of 32 directory slots (Entry),
+//!                 carved from the top end of the largest free block (never freed)
 //! heap_end-16     sentinel block header (size 0, used)
 //! ```
 

@@ -5,6 +5,9 @@
 //! Block at offset `b`: `[prev_phys: u64][size | flags: u64][payload ...]`. `prev_phys` is valid
 //! only when the previous block is free. Free blocks keep `next_free` and `prev_free` (offsets,
 //! 0 = none) in the first 16 bytes of their payload.
+//!
+//! Blocks are carved from the bottom of a free block ([`alloc`]); what is never freed (the
+//! directory's slot chunks) from the top ([`alloc_top`]), so that the two do not interleave.
 
 use crate::arena::layout::{self as l, ALIGN, FL_SHIFT, SL_COUNT, SL_LOG2, SMALL_BLOCK};
 use crate::arena::region::{Mem, Region};
