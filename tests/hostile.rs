@@ -22,6 +22,8 @@ const CHILD_LIMIT: Duration = Duration::from_secs(10);
 const CHILD_ADDRESS_SPACE: u64 = 2 << 30;
 const ARENA_SIZE: u64 = 256 << 10;
 const BLOCKS: usize = 20;
+/// Names added so that the golden arena's 32 directory slots are all taken.
+const FILLERS: usize = 11;
 
 /// A small deterministic generator (xorshift64*): the same mutants on every run.
 struct Rng(u64);
@@ -58,6 +60,12 @@ fn golden(dir: &Path, name: &str) -> Vec<u8> {
         }
     }
     let _kept = arena.allocate("kept-by-test", 100).unwrap();
+    // Every slot of the directory's first chunk in use (20 kept, 1 held, and these), so that
+    // the child's new name carves a second chunk from the top of the heap.
+    for i in 0..FILLERS {
+        let filler = arena.allocate(&format!("filler-{i}"), 16).unwrap();
+        arena.persist(filler).unwrap();
+    }
     arena.verify().unwrap();
     drop(arena);
     std::fs::read(dir.join(name)).unwrap()
