@@ -269,6 +269,22 @@ fn find_in_own_class(r: &Region, size: u64) -> Result<Option<(u64, u64)>> {
     if fl >= l::FL_COUNT {
         return Ok(None);
     }
+    let mut found = None;
+    walk_free_list(r, (fl, sl), |b, have| {
+        found = (have >= size).then_some(b);
+        found.is_none()
+    })?;
+    found.map(|b| usable_free_block(r, b, size)).transpose()
+}
+
+/// Calls `visit` with each block of the free list of `class` and its payload size, in list
+/// order, while it returns true. Bounded by the most blocks the heap can hold, so a damaged
+/// list that loops is an error.
+fn walk_free_list<M: Mem + ?Sized>(
+    r: &M,
+    (fl, sl): (usize, usize),
+    mut visit: impl FnMut(u64, u64) -> bool,
+) -> Result<()> {
     let mut b = r.load(head_off(fl, sl))?;
     let mut steps = 0;
     while b != 0 {
@@ -279,12 +295,34 @@ fn find_in_own_class(r: &Region, size: u64) -> Result<Option<(u64, u64)>> {
             )));
         }
         check_block(r, b)?;
-        if size_of_block(r, b)? >= size {
-            return usable_free_block(r, b, size).map(Some);
+        if !visit(b, size_of_block(r, b)?) {
+            break;
         }
         b = r.load(b + HDR)?;
     }
-    Ok(None)
+    Ok(())
+}
+
+/// The largest class holding a free block, as the bitmaps say (checked against each other),
+/// or None when the heap has no free block.
+fn largest_class<M: Mem + ?Sized>(r: &M) -> Result<Option<(usize, usize)>> {
+    let flmap = r.load(l::FL_BITMAP)?;
+    if flmap == 0 {
+        return Ok(None);
+    }
+    let fl = 63 - flmap.leading_zeros() as usize;
+    if fl >= l::FL_COUNT {
+        return Err(damaged(format!(
+            "the heap's class bitmap {flmap:#x} is impossible"
+        )));
+    }
+    let slmap = r.load(sl_off(fl))?;
+    if slmap == 0 {
+        return Err(damaged(format!(
+            "class {fl} is marked populated but has no list"
+        )));
+    }
+    Ok(Some((fl, 63 - slmap.leading_zeros() as usize)))
 }
 
 /// Lays out an empty heap in `[heap_offset, heap_end)`: one free block and the sentinel.
@@ -452,27 +490,15 @@ pub(crate) fn alloc_top(tx: &mut Tx, size: u64) -> Result<u64> {
 /// The first block of the largest class that holds any, with its size-and-flags word
 /// (checked), or None when the heap has no free block.
 fn largest_class_head(r: &Region) -> Result<Option<(u64, u64)>> {
-    let flmap = r.load(l::FL_BITMAP)?;
-    if flmap == 0 {
+    let Some((fl, sl)) = largest_class(r)? else {
         return Ok(None);
-    }
-    let fl = 63 - flmap.leading_zeros() as usize;
-    let slmap = if fl < l::FL_COUNT {
-        r.load(sl_off(fl))?
-    } else {
-        0
     };
-    let head = if slmap == 0 {
-        0
-    } else {
-        r.load(head_off(fl, 63 - slmap.leading_zeros() as usize))?
-    };
-    if head == 0 {
-        return Err(damaged(format!(
-            "the heap's class bitmap {flmap:#x} names class {fl}, which has no free block"
-        )));
+    match r.load(head_off(fl, sl))? {
+        0 => Err(damaged(format!(
+            "free list ({fl},{sl}) is marked populated but empty"
+        ))),
+        head => usable_free_block(r, head, MIN_PAYLOAD).map(Some),
     }
-    usable_free_block(r, head, MIN_PAYLOAD).map(Some)
 }
 
 /// Frees the block whose payload is at `payload`, merging it with free neighbours.
@@ -514,34 +540,12 @@ pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
 /// Total free bytes (payload plus header of every free block) and the largest free payload.
 pub(crate) fn free_space<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
     let free = capacity(r).saturating_sub(r.load(l::USED)?);
-    let flmap = r.load(l::FL_BITMAP)?;
-    if flmap == 0 {
-        return Ok((free, 0));
-    }
-    let fl = 63 - flmap.leading_zeros() as usize;
-    if fl >= l::FL_COUNT {
-        return Err(damaged(format!(
-            "the heap's class bitmap {flmap:#x} is impossible"
-        )));
-    }
-    let slmap = r.load(sl_off(fl))?;
-    if slmap == 0 {
-        return Ok((free, 0));
-    }
-    let sl = 63 - slmap.leading_zeros() as usize;
     let mut largest = 0;
-    let mut b = r.load(head_off(fl, sl))?;
-    let mut steps = 0;
-    while b != 0 {
-        steps += 1;
-        if steps > r.geometry().max_blocks() {
-            return Err(damaged(format!(
-                "free list ({fl},{sl}) does not end (a cycle?)"
-            )));
-        }
-        check_block(r, b)?;
-        largest = largest.max(size_of_block(r, b)?);
-        b = r.load(b + HDR)?;
+    if let Some(class) = largest_class(r)? {
+        walk_free_list(r, class, |_, size| {
+            largest = largest.max(size);
+            true
+        })?;
     }
     Ok((free, largest))
 }
