@@ -59,9 +59,10 @@ fn take_slot(tx: &mut Tx) -> Result<u64> {
     }
     let chunk = heap::alloc_top(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE)?;
     // The chunk is zeroed (generation 0, no references), and usually carved from memory above
-    // the pristine mark, which a rollback must leave zero: its links are logged, and so is the
-    // first slot, which `insert` fills with plain stores (39 words once every 32 names).
-    for word in (0..ENTRY_SIZE).step_by(8) {
+    // the pristine mark, which a rollback must leave zero: its links are logged, and so are
+    // the words of the first slot that `insert` stores without logging (36 words once every
+    // 32 names).
+    for word in STORED_UNLOGGED {
         tx.set(chunk + word, 0)?;
     }
     for i in 1..l::SLOTS_PER_CHUNK {
@@ -135,6 +136,10 @@ pub(crate) fn insert(
 const _: () = assert!(
     l::E_SIZE == l::E_DATA + 8 && l::E_BLOCK == l::E_DATA + 16 && l::E_NAME_LEN == l::E_DATA + 24
 );
+
+/// The words of a slot that `insert` stores without logging (a rollback leaves them to the
+/// slot's next use, which writes them again), logged by `take_slot` when the slot is fresh.
+const STORED_UNLOGGED: [u64; 5] = [l::E_HASH, l::E_DATA, l::E_SIZE, l::E_BLOCK, l::E_NAME_LEN];
 
 /// Removes entry `e` of generation `generation`, whose last reference was dropped: unlinks
 /// it and parks its slot with its block (see `recycle.rs`), or frees both when the block is
