@@ -190,6 +190,12 @@ impl<'r> Tx<'r> {
         self.publish = Some(state_off);
     }
 
+    /// Tests: the words logged so far.
+    #[cfg(test)]
+    pub(crate) fn logged(&self) -> u64 {
+        self.len
+    }
+
     /// Makes the update permanent.
     #[inline(always)]
     pub(crate) fn commit(mut self) {

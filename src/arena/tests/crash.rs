@@ -165,6 +165,57 @@ fn an_interrupted_carve_of_a_slot_chunk_leaves_fresh_memory_zero() {
     arena.verify().unwrap();
 }
 
+/// The undo log holds the largest update: an insert that carves a chunk of slots and splits a
+/// directory group, after the locked lookup removed a dead entry of the same name (a removal
+/// that may merge groups), all in one update.
+#[test]
+fn the_largest_updates_fit_in_the_undo_log() {
+    let dir = TempDir::new();
+    let arena = Arena::create("l", &dir.options(64 << 20)).unwrap();
+    let r = arena.region;
+    let (mut insert_max, mut chunk_inserts) = (0, 0);
+    for i in 0..3000u64 {
+        let key = format!("n{i}");
+        let chunk_due = r.load(l::SLOT_FREE).unwrap() == 0;
+        let mut tx = Tx::begin(&r);
+        // Sizes beyond the park classes: every insert carves a block from the heap.
+        directory::insert(
+            &mut tx,
+            key.as_bytes(),
+            directory::hash(key.as_bytes()),
+            2000,
+            64,
+        )
+        .unwrap();
+        insert_max = insert_max.max(tx.logged());
+        chunk_inserts += u64::from(chunk_due);
+        tx.commit();
+    }
+    assert!(
+        chunk_inserts >= 3000 / l::SLOTS_PER_CHUNK,
+        "{chunk_inserts}"
+    );
+    // Removals down to a few names: the directory merges groups back on the way.
+    let mut removal_max = 0;
+    for i in 0..3000u64 {
+        let key = format!("n{i}");
+        let (e, generation) = live_entry(&arena, &key);
+        assert!(directory::drop_reference(&r, e, generation).unwrap());
+        let mut tx = Tx::begin(&r);
+        directory::remove_dead(&mut tx, e, generation).unwrap();
+        removal_max = removal_max.max(tx.logged());
+        tx.commit();
+    }
+    arena.verify().unwrap();
+    println!("largest insert {insert_max} words, largest removal {removal_max}");
+    assert!(
+        insert_max + removal_max <= l::UNDO_CAPACITY,
+        "an insert logs up to {insert_max} words and a removal {removal_max}: more than the \
+         log's {}",
+        l::UNDO_CAPACITY
+    );
+}
+
 /// The counters that updates keep outside the undo log are whatever a process killed after its
 /// commit point left; the recovery recounts them from the directory and the park lists.
 #[test]
