@@ -48,8 +48,9 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
     Err(Error::Corrupted("a directory chain keeps changing".into()))
 }
 
-/// A free slot, carving a new chunk of them from the heap when none is left.
-fn take_slot(tx: &mut Tx) -> Result<u64> {
+/// A free slot, carving a new chunk of them from the heap when none is left, without taking
+/// the room that a block of `keep` payload bytes, allocated next, needs.
+fn take_slot(tx: &mut Tx, keep: u64) -> Result<u64> {
     let r = tx.region();
     let head = tx.get(l::SLOT_FREE)?;
     if head != 0 {
@@ -57,7 +58,7 @@ fn take_slot(tx: &mut Tx) -> Result<u64> {
         tx.set(l::SLOT_FREE, r.load(slot + l::E_NEXT)?)?;
         return Ok(slot);
     }
-    let chunk = heap::alloc_top(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE)?;
+    let chunk = heap::alloc_top(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE, keep)?;
     // The chunk is zeroed (generation 0, no references), and usually carved from memory above
     // the pristine mark, which a rollback must leave zero: its links are logged, and so are
     // the words of the first slot that `insert` stores without logging (36 words once every
@@ -104,7 +105,7 @@ pub(crate) fn insert(
             if tx.get(l::SLOT_FREE)? == 0 {
                 heap::check_fits(r, request)?;
             }
-            let slot = take_slot(tx)?;
+            let slot = take_slot(tx, payload)?;
             (slot, heap::alloc(tx, request)?)
         }
     };

@@ -447,18 +447,23 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
 /// gather at the heap's end, away from the blocks that names take and give back, so that once
 /// those are freed and merged (`coalesce`), the space they leave is whole again and new names
 /// carve it without changing its class. In a fresh arena the chunks stack down from the
-/// heap's end. Falls back to [`alloc`] when no block is large enough to split. O(1).
+/// heap's end. O(1).
+///
+/// `keep` is the payload of the caller's next allocation in the same update: the block is
+/// split only if what it keeps can still hold that, so that a chunk never takes the room a
+/// large request needs. Otherwise, and when no block is large enough to split, this is
+/// [`alloc`] (the best fit, from the bottom).
 ///
 /// What lies at or above the pristine mark stays zero wherever it is free: the chunk is
 /// never freed, and its header words are logged, so that a rollback gives back zeros.
-pub(crate) fn alloc_top(tx: &mut Tx, size: u64) -> Result<u64> {
+pub(crate) fn alloc_top(tx: &mut Tx, size: u64, keep: u64) -> Result<u64> {
     let r = tx.region();
     let want = payload_for(size)?;
     let Some((b, word)) = largest_class_head(r)? else {
         return alloc(tx, size);
     };
     let have = word & !FLAGS;
-    if have < want + HDR + MIN_PAYLOAD {
+    if have < want + HDR + keep.max(MIN_PAYLOAD) {
         return alloc(tx, size);
     }
     let low = have - want - HDR;

@@ -219,6 +219,35 @@ fn nearly_whole_arena_fits_in_one_block() {
     assert_eq!(b.len(), request);
 }
 
+/// A new chunk of directory slots is due (every slot taken) when a request needs nearly all of
+/// the largest free block: the chunk comes from another block, not from the top of that one.
+#[test]
+fn a_slot_chunk_leaves_the_room_a_large_request_needs() {
+    let dir = TempDir::new();
+    let arena = Arena::create("k", &dir.options(1 << 20)).unwrap();
+    let r = arena.region;
+    // A 16 KiB hole below the heap's large block.
+    let hole = arena.allocate("hole", 16 << 10).unwrap();
+    let _fence = arena.allocate("fence", 64).unwrap();
+    arena.deallocate(hole).unwrap();
+    // Every slot taken.
+    let mut small = Vec::new();
+    while r.load(l::SLOT_FREE).unwrap() != 0 {
+        small.push(arena.allocate(&format!("s{}", small.len()), 64).unwrap());
+    }
+    let largest = arena.stats().unwrap().largest_free;
+    let request = largest - 256; // minus the name and alignment padding
+    let big = arena.allocate_aligned("big", request, 16).unwrap();
+    assert_eq!(big.len(), request);
+    let report = arena.verify().unwrap();
+    assert!(report.free_blocks >= 1, "{report:?}");
+    arena.deallocate(big).unwrap();
+    for b in small {
+        arena.deallocate(b).unwrap();
+    }
+    arena.verify().unwrap();
+}
+
 #[test]
 fn persisted_blocks_outlive_the_handle() {
     let dir = TempDir::new();
