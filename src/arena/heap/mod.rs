@@ -433,7 +433,16 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
             set_size_flags(tx, b, have, word & PREV_FREE)?;
         }
     }
-    let used = tx.get(l::USED)?.wrapping_add(size + HDR);
+    hand_out(tx, payload, end, pristine)
+}
+
+/// The end of every allocation: counts the block `[payload, end)` (with its header) as used
+/// and zeroes the part of it below `pristine` (what lies above is still zero). Returns the
+/// payload offset.
+#[inline(always)]
+fn hand_out(tx: &mut Tx, payload: u64, end: u64, pristine: u64) -> Result<u64> {
+    let r = tx.region();
+    let used = tx.get(l::USED)?.wrapping_add(end - payload + HDR);
     tx.set(l::USED, used)?;
     r.raise(l::HIGH_WATER, used)?;
     if payload < pristine {
@@ -482,14 +491,7 @@ pub(crate) fn alloc_top(tx: &mut Tx, size: u64, keep: u64) -> Result<u64> {
     // `end` is `b`'s old neighbour (checked by `largest_class_head`), which now follows a
     // block in use.
     set_flag(tx, end, PREV_FREE, false)?;
-    let used = tx.get(l::USED)?.wrapping_add(want + HDR);
-    tx.set(l::USED, used)?;
-    r.raise(l::HIGH_WATER, used)?;
-    let pristine = r.load(l::PRISTINE_FROM)?;
-    if payload < pristine {
-        r.zero(payload, end.min(pristine) - payload)?;
-    }
-    Ok(payload)
+    hand_out(tx, payload, end, r.load(l::PRISTINE_FROM)?)
 }
 
 /// The first block of the largest class that holds any, with its size-and-flags word

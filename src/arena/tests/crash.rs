@@ -130,10 +130,13 @@ fn an_interrupted_carve_of_a_slot_chunk_leaves_fresh_memory_zero() {
     let second = first_chunk - 16 - (l::SLOTS_PER_CHUNK * l::ENTRY_SIZE + 16);
     let zero_from_mark = |below: u64, what: &str| {
         let mark = r.load(l::PRISTINE_FROM).unwrap();
-        (mark..below)
+        let stale = (mark..below)
             .step_by(8)
-            .find(|&at| r.load(at).unwrap() != 0)
-            .map(|at| panic!("{what}: word {at} above the mark {mark} is not zero"))
+            .find(|&at| r.load(at).unwrap() != 0);
+        assert_eq!(
+            stale, None,
+            "{what}: a word above the mark {mark} is not zero"
+        );
     };
     zero_from_mark(first_chunk - 16, "before");
     let before = (arena.entries().unwrap(), arena.stats().unwrap());
