@@ -139,7 +139,11 @@ pub(crate) fn wait_for_chain(r: &Region, h: u64) -> bool {
 }
 
 /// How often [`wait_for_chain`] looks at the version it waits on: longer than an update of a
-/// chain (150-300 ns when it creates a name), so that the updater runs ahead.
+/// chain (150-300 ns when it creates a name), so that the updater runs ahead. Every wait lasts
+/// at least this long, and the benchmark's same-names p99 shows it: 1 us cut the p99s by a
+/// quarter to a third (2 ranks, slow mode: 2.9 us to 2.0; 4 ranks at 100,000 names: 2.5 to
+/// 1.6), but gave `same_names` medians of 190 ns against 165-171 in the fast mode, nearer the
+/// 200 ns target (docs/performance-notes.md).
 const LOOK_EVERY: Duration = Duration::from_micros(2);
 
 /// Pauses [`wait_for_chain`] makes at most, whatever the clock says: 100 us at 1 ns a pause,
