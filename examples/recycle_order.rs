@@ -6,8 +6,9 @@
 //!     cargo run --release --example recycle_order [-- --order blocky|interleaved] [--names N]
 //!
 //! As `examples/bench` does with 1 live name: rank 0 alone makes and releases N probe names,
-//! then makes N new names and releases them; both ranks ask for the same N names (rank 0 makes
-//! each, rank 1 finds it) and release them; both make N distinct names each and release them.
+//! then makes N new names and releases them; both ranks ask for the same N names (the first to
+//! ask makes a name, the other finds it) and release them; both make N distinct names each
+//! and release them.
 //! Then, with 1,000 live names, rank 0 makes N new names (timed) and releases them (timed).
 //! `--order blocky` runs all of rank 0's calls of a row before rank 1's; `interleaved` (the
 //! default) gives them turns of 1-4 calls, as two ranks on two cores racing for the arena's
@@ -79,6 +80,7 @@ fn median(mut v: Vec<Duration>) -> u128 {
 fn main() -> nodeshm::Result<()> {
     let n: usize = arg("--names")
         .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
         .unwrap_or(20_000);
     let order = arg("--order").unwrap_or_else(|| "interleaved".into());
     let interleaved = order != "blocky";
