@@ -48,9 +48,8 @@ pub(crate) fn lookup_locked(tx: &mut Tx, name: &[u8], h: u64) -> Result<Option<u
     Err(Error::Corrupted("a directory chain keeps changing".into()))
 }
 
-/// A free slot, carving a new chunk of them from the heap when none is left, without taking
-/// the room that a block of `keep` payload bytes, allocated next, needs.
-fn take_slot(tx: &mut Tx, keep: u64) -> Result<u64> {
+/// A free slot, carving a new chunk of them from the heap when none is left.
+fn take_slot(tx: &mut Tx) -> Result<u64> {
     let r = tx.region();
     let head = tx.get(l::SLOT_FREE)?;
     if head != 0 {
@@ -58,7 +57,7 @@ fn take_slot(tx: &mut Tx, keep: u64) -> Result<u64> {
         tx.set(l::SLOT_FREE, r.load(slot + l::E_NEXT)?)?;
         return Ok(slot);
     }
-    let chunk = heap::alloc_top(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE, keep)?;
+    let chunk = heap::alloc_top(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE)?;
     // The chunk is zeroed (generation 0, no references), and usually carved from memory above
     // the pristine mark, which a rollback must leave zero: its links are logged, and so are
     // the words of the first slot that `insert` stores without logging (36 words once every
@@ -100,13 +99,12 @@ pub(crate) fn insert(
             (slot, block)
         }
         None => {
-            // A block that cannot fit fails before a chunk of slots is carved, so the error's
-            // figures are the arena's as it stands.
-            if tx.get(l::SLOT_FREE)? == 0 {
-                heap::check_fits(r, request)?;
-            }
-            let slot = take_slot(tx, payload)?;
-            (slot, heap::alloc(tx, request)?)
+            // The block first: a chunk of slots carved before it could take the one free
+            // block that fits it, where the chunk fits elsewhere. A block that does not fit
+            // fails with the arena's figures as they stand.
+            let block = heap::alloc(tx, request)?;
+            let slot = take_slot(tx).map_err(|e| room_for_slots(e, payload))?;
+            (slot, block)
         }
     };
     let (group, bucket) = grow(tx)?.chain_of(r.geometry(), h);
@@ -131,6 +129,30 @@ pub(crate) fn insert(
     tx.count(Counter::Requested, bytes);
     tx.publish_at_commit(slot + l::E_STATE);
     Ok((slot, generation, data))
+}
+
+/// The error of a name whose block fits but whose chunk of slots, carved after it, does not:
+/// the name needs both, so `requested` counts both, and `free` is the arena's as it stands
+/// (the failed update gives the block back). `largest_free` is what is left once the block is
+/// placed, the room the chunk lacked.
+fn room_for_slots(e: Error, payload: u64) -> Error {
+    match e {
+        Error::OutOfSpace {
+            requested,
+            largest_free,
+            free,
+            capacity,
+        } => {
+            let block = payload + heap::BLOCK_HEADER;
+            Error::OutOfSpace {
+                requested: requested + block,
+                largest_free,
+                free: free + block,
+                capacity,
+            }
+        }
+        other => other,
+    }
 }
 
 // `insert` writes these four fields with one store of consecutive words.

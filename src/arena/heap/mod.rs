@@ -370,17 +370,6 @@ pub(crate) fn payload_size<M: Mem + ?Sized>(r: &M, payload: u64) -> Result<u64> 
     Ok(size)
 }
 
-/// `OutOfSpace` (with the heap's figures as they are now) unless a block of `size` payload
-/// bytes can be allocated. Changes nothing.
-pub(crate) fn check_fits(r: &Region, size: u64) -> Result<()> {
-    let want = payload_for(size)?;
-    match find_suitable(r, want)? {
-        Some(_) => Ok(()),
-        None if find_in_own_class(r, want)?.is_some() => Ok(()),
-        None => Err(out_of_space(r, want + HDR)),
-    }
-}
-
 /// Allocates a zeroed block with at least `size` payload bytes, 16-byte aligned. Returns the
 /// payload offset. Cost: O(1) plus zeroing the part of the block that was used before.
 pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
@@ -436,6 +425,12 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     hand_out(tx, payload, end, pristine)
 }
 
+/// After a recovery (under the lock): the high-water mark, raised at commit outside the undo
+/// log, is at least `used` again.
+pub(crate) fn recount(r: &Region) -> Result<()> {
+    r.raise(l::HIGH_WATER, r.load(l::USED)?)
+}
+
 /// The end of every allocation: counts the block `[payload, end)` (with its header) as used
 /// and zeroes the part of it below `pristine` (what lies above is still zero). Returns the
 /// payload offset.
@@ -444,7 +439,7 @@ fn hand_out(tx: &mut Tx, payload: u64, end: u64, pristine: u64) -> Result<u64> {
     let r = tx.region();
     let used = tx.get(l::USED)?.wrapping_add(end - payload + HDR);
     tx.set(l::USED, used)?;
-    r.raise(l::HIGH_WATER, used)?;
+    tx.raise_high_water(used);
     if payload < pristine {
         r.zero(payload, end.min(pristine) - payload)?;
     }
@@ -458,21 +453,20 @@ fn hand_out(tx: &mut Tx, payload: u64, end: u64, pristine: u64) -> Result<u64> {
 /// carve it without changing its class. In a fresh arena the chunks stack down from the
 /// heap's end. O(1).
 ///
-/// `keep` is the payload of the caller's next allocation in the same update: the block is
-/// split only if what it keeps can still hold that, so that a chunk never takes the room a
-/// large request needs. Otherwise, and when no block is large enough to split, this is
-/// [`alloc`] (the best fit, from the bottom).
+/// When that block is too small to split, this is [`alloc`] (the best fit, from the bottom).
+/// The caller places the block its update is for first, so that a chunk never takes the room
+/// that block needs.
 ///
 /// What lies at or above the pristine mark stays zero wherever it is free: the chunk is
 /// never freed, and its header words are logged, so that a rollback gives back zeros.
-pub(crate) fn alloc_top(tx: &mut Tx, size: u64, keep: u64) -> Result<u64> {
+pub(crate) fn alloc_top(tx: &mut Tx, size: u64) -> Result<u64> {
     let r = tx.region();
     let want = payload_for(size)?;
     let Some((b, word)) = largest_class_head(r)? else {
         return alloc(tx, size);
     };
     let have = word & !FLAGS;
-    if have < want + HDR + keep.max(MIN_PAYLOAD) {
+    if have < want + HDR + MIN_PAYLOAD {
         return alloc(tx, size);
     }
     let low = have - want - HDR;

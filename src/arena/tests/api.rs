@@ -74,6 +74,99 @@ fn out_of_space_reports_the_numbers() {
     assert_eq!(arena.stats().unwrap(), stats);
 }
 
+const HOLE: u64 = 60_000;
+
+/// Leaves `arena` with every directory slot taken and, free, a block that holds exactly a
+/// block of `HOLE` bytes named "exact" (aligned to 16), heading the list of its size class;
+/// with `second`, a smaller free block of that class after it; and a tail too small for a
+/// chunk of slots. Returns the blocks it holds.
+fn every_slot_taken(arena: &Arena, second: bool) -> Vec<Block<'_>> {
+    let mut held = Vec::new();
+    let exact = arena.allocate_aligned("exact", HOLE, 16).unwrap();
+    held.push(arena.allocate_aligned("s1", 16, 16).unwrap());
+    let smaller = arena.allocate_aligned("smaller", HOLE - 512, 16).unwrap();
+    held.push(arena.allocate_aligned("s2", 16, 16).unwrap());
+    // The heap's tail keeps room for the small names below, not for a chunk of slots.
+    const TAIL: u64 = 1600;
+    let rest = arena.stats().unwrap().largest_free;
+    held.push(
+        arena
+            .allocate_aligned("f", rest - 16 - 16 - TAIL, 16)
+            .unwrap(),
+    );
+    assert_eq!(arena.stats().unwrap().largest_free, TAIL);
+    if second {
+        arena.deallocate(smaller).unwrap();
+    } else {
+        held.push(smaller);
+    }
+    arena.deallocate(exact).unwrap();
+    let live = arena.stats().unwrap().live_blocks;
+    for i in live..l::SLOTS_PER_CHUNK {
+        held.push(arena.allocate_aligned(&format!("t{i}"), 16, 16).unwrap());
+    }
+    assert_eq!(
+        arena.region.load(l::SLOT_FREE).unwrap(),
+        0,
+        "every slot taken"
+    );
+    held
+}
+
+/// A name whose block fits gets it even when every slot is taken and the chunk of slots it
+/// needs would fit that same block: the block is placed first, and the chunk goes where it
+/// still fits (here, the other free block of the class).
+#[test]
+fn a_chunk_of_slots_does_not_take_the_room_of_the_block() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let held = every_slot_taken(&arena, true);
+    let slots = arena.region.load(l::SLOTS).unwrap();
+    let big = arena.allocate_aligned("exact", HOLE, 16).unwrap();
+    assert_eq!(
+        arena.region.load(l::SLOTS).unwrap(),
+        slots + l::SLOTS_PER_CHUNK
+    );
+    arena.verify().unwrap();
+    arena.deallocate(big).unwrap();
+    for b in held {
+        arena.deallocate(b).unwrap();
+    }
+    assert_eq!(arena.stats().unwrap().live_blocks, 0);
+    arena.verify().unwrap();
+}
+
+/// When the block fits but the chunk of slots does not fit beside it, the name fails with
+/// figures that count both, and nothing changes; a slot given back lets it through.
+#[test]
+fn no_room_for_slots_reports_the_block_and_the_chunk() {
+    let dir = TempDir::new();
+    let arena = Arena::create("a", &dir.options(1 << 20)).unwrap();
+    let mut held = every_slot_taken(&arena, false);
+    let stats = arena.stats().unwrap();
+    let chunk = l::SLOTS_PER_CHUNK * l::ENTRY_SIZE;
+    match arena.allocate_aligned("exact", HOLE, 16).unwrap_err() {
+        Error::OutOfSpace {
+            requested,
+            free,
+            capacity,
+            ..
+        } => {
+            assert!(requested > HOLE + chunk, "{requested}");
+            assert_eq!((free, capacity), (stats.free, stats.capacity));
+        }
+        other => panic!("expected OutOfSpace, got {other}"),
+    }
+    assert_eq!(arena.stats().unwrap(), stats);
+    arena.verify().unwrap();
+    arena.deallocate(held.pop().unwrap()).unwrap();
+    held.push(arena.allocate_aligned("exact", HOLE, 16).unwrap());
+    for b in held {
+        arena.deallocate(b).unwrap();
+    }
+    arena.verify().unwrap();
+}
+
 #[test]
 fn bad_arguments_are_errors() {
     let dir = TempDir::new();
