@@ -102,8 +102,9 @@ pub(crate) fn insert(
             // The block first: a chunk of slots carved before it could take the one free
             // block that fits it, where the chunk fits elsewhere. A block that does not fit
             // fails with the arena's figures as they stand.
+            let free = heap::free_bytes(r)?;
             let block = heap::alloc(tx, request)?;
-            let slot = take_slot(tx).map_err(|e| room_for_slots(e, payload))?;
+            let slot = take_slot(tx).map_err(|e| room_for_slots(e, payload, free))?;
             (slot, block)
         }
     };
@@ -131,26 +132,23 @@ pub(crate) fn insert(
     Ok((slot, generation, data))
 }
 
-/// The error of a name whose block fits but whose chunk of slots, carved after it, does not:
-/// the name needs both, so `requested` counts both, and `free` is the arena's as it stands
-/// (the failed update gives the block back). `largest_free` is what is left once the block is
-/// placed, the room the chunk lacked.
-fn room_for_slots(e: Error, payload: u64) -> Error {
+/// The error of a name whose block of `payload` bytes fits but whose chunk of slots, carved
+/// after it, does not: the name needs both, so `requested` counts both, and `free` is the
+/// arena's before the update (which gives the block back as it fails). `largest_free` is
+/// what was left once the block was placed: the room the chunk lacked.
+fn room_for_slots(e: Error, payload: u64, free: u64) -> Error {
     match e {
         Error::OutOfSpace {
             requested,
             largest_free,
+            capacity,
+            ..
+        } => Error::OutOfSpace {
+            requested: requested + payload + heap::BLOCK_HEADER,
+            largest_free,
             free,
             capacity,
-        } => {
-            let block = payload + heap::BLOCK_HEADER;
-            Error::OutOfSpace {
-                requested: requested + block,
-                largest_free,
-                free: free + block,
-                capacity,
-            }
-        }
+        },
         other => other,
     }
 }

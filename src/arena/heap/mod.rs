@@ -538,9 +538,14 @@ pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
     insert_free(tx, b)
 }
 
+/// The heap's free bytes (parked blocks count as used). O(1).
+pub(crate) fn free_bytes<M: Mem + ?Sized>(r: &M) -> Result<u64> {
+    Ok(capacity(r).saturating_sub(r.load(l::USED)?))
+}
+
 /// Total free bytes (payload plus header of every free block) and the largest free payload.
 pub(crate) fn free_space<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
-    let free = capacity(r).saturating_sub(r.load(l::USED)?);
+    let free = free_bytes(r)?;
     let mut largest = 0;
     if let Some(class) = largest_class(r)? {
         walk_free_list(r, class, |_, size| {
