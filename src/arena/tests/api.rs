@@ -137,7 +137,8 @@ fn a_chunk_of_slots_does_not_take_the_room_of_the_block() {
 }
 
 /// When the block fits but the chunk of slots does not fit beside it, the name fails with
-/// figures that count both, and nothing changes; a slot given back lets it through.
+/// figures that count both, and nothing changes. Once a small name goes (its slot parked with
+/// its block), the retry that merges parked blocks back frees that slot, and the name fits.
 #[test]
 fn no_room_for_slots_reports_the_block_and_the_chunk() {
     let dir = TempDir::new();
