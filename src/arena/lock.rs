@@ -16,7 +16,7 @@ use nix::libc;
 use super::layout as l;
 use super::region::Region;
 use super::undo::Tx;
-use super::{directory, heap, recycle};
+use super::{directory, recycle};
 use super::{Arena, UserLock};
 use crate::error::{Error, Result};
 
@@ -272,14 +272,13 @@ pub(crate) unsafe fn force_unlock(
 
 /// Repairs what a process that died holding the arena lock left (the caller holds the lock
 /// now): rolls its update back, recounts the figures updates keep outside the undo log (it may
-/// have died after its commit point but before storing them, the high-water mark too), and
-/// makes every directory version even again. Returns the words rolled back; `Corrupted` when
-/// the log or the directory fails its checks.
+/// have died after its commit point but before storing them), and makes every directory version
+/// even again. Returns the words rolled back; `Corrupted` when the log or the directory fails
+/// its checks.
 pub(crate) fn recover(r: &Region) -> Result<u64> {
     let rolled_back = r.roll_back().and_then(|words| {
         directory::recount(r)?;
         recycle::recount(r)?;
-        heap::recount(r)?;
         Ok(words)
     });
     r.settle_version();

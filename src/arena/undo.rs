@@ -82,8 +82,6 @@ pub(crate) struct Tx<'r> {
     touched_len: usize,
     /// A slot whose new generation becomes visible to lock-free readers at commit.
     publish: Option<u64>,
-    /// The heap's `used` after this update's allocations, for the high-water mark at commit.
-    high_water: u64,
     /// Tests: stop logging-and-writing after this many writes, as a killed process would.
     #[cfg(test)]
     pub(crate) limit: Option<u64>,
@@ -99,7 +97,6 @@ impl<'r> Tx<'r> {
             touched: [0; 8],
             touched_len: 0,
             publish: None,
-            high_water: 0,
             #[cfg(test)]
             limit: None,
         }
@@ -193,13 +190,6 @@ impl<'r> Tx<'r> {
         self.publish = Some(state_off);
     }
 
-    /// Raises the arena's high-water mark to `used` when the update commits: an update that
-    /// fails after placing a block (its chunk of slots did not fit) leaves the mark as it was.
-    #[inline(always)]
-    pub(crate) fn raise_high_water(&mut self, used: u64) {
-        self.high_water = self.high_water.max(used);
-    }
-
     /// Tests: the words logged so far.
     #[cfg(test)]
     pub(crate) fn logged(&self) -> u64 {
@@ -222,9 +212,6 @@ impl<'r> Tx<'r> {
                     Ordering::Release,
                 );
             }
-        }
-        if self.high_water != 0 {
-            let _ = self.region.raise(l::HIGH_WATER, self.high_water);
         }
         if let Some(off) = self.publish.take() {
             if let Ok(state) = self.region.heap_word(off) {

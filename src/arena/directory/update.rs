@@ -102,9 +102,15 @@ pub(crate) fn insert(
             // The block first: a chunk of slots carved before it could take the one free
             // block that fits it, where the chunk fits elsewhere. A block that does not fit
             // fails with the arena's figures as they stand.
-            let free = heap::free_bytes(r)?;
+            let before = heap::Before::read(r)?;
             let block = heap::alloc(tx, request)?;
-            let slot = take_slot(tx).map_err(|e| room_for_slots(e, payload, free))?;
+            let slot = match take_slot(tx) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    before.restore_high_water(r)?;
+                    return Err(room_for_slots(e, payload, before.free));
+                }
+            };
             (slot, block)
         }
     };

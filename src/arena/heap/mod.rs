@@ -425,12 +425,6 @@ pub(crate) fn alloc(tx: &mut Tx, size: u64) -> Result<u64> {
     hand_out(tx, payload, end, pristine)
 }
 
-/// After a recovery (under the lock): the high-water mark, raised at commit outside the undo
-/// log, is at least `used` again.
-pub(crate) fn recount(r: &Region) -> Result<()> {
-    r.raise(l::HIGH_WATER, r.load(l::USED)?)
-}
-
 /// The end of every allocation: counts the block `[payload, end)` (with its header) as used
 /// and zeroes the part of it below `pristine` (what lies above is still zero). Returns the
 /// payload offset.
@@ -439,7 +433,7 @@ fn hand_out(tx: &mut Tx, payload: u64, end: u64, pristine: u64) -> Result<u64> {
     let r = tx.region();
     let used = tx.get(l::USED)?.wrapping_add(end - payload + HDR);
     tx.set(l::USED, used)?;
-    tx.raise_high_water(used);
+    r.raise(l::HIGH_WATER, used)?;
     if payload < pristine {
         r.zero(payload, end.min(pristine) - payload)?;
     }
@@ -541,6 +535,28 @@ pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
 /// The heap's free bytes (parked blocks count as used). O(1).
 pub(crate) fn free_bytes<M: Mem + ?Sized>(r: &M) -> Result<u64> {
     Ok(capacity(r).saturating_sub(r.load(l::USED)?))
+}
+
+/// The heap's figures before an update that may fail after it placed a block: the free bytes
+/// its error reports, and the high-water mark, which allocations raise outside the undo log
+/// and a rollback therefore keeps.
+pub(crate) struct Before {
+    pub(crate) free: u64,
+    high_water: u64,
+}
+
+impl Before {
+    pub(crate) fn read(r: &Region) -> Result<Before> {
+        Ok(Before {
+            free: free_bytes(r)?,
+            high_water: r.load(l::HIGH_WATER)?,
+        })
+    }
+
+    /// Puts the high-water mark back as it was (under the lock, as the update fails).
+    pub(crate) fn restore_high_water(&self, r: &Region) -> Result<()> {
+        r.store(l::HIGH_WATER, self.high_water)
+    }
 }
 
 /// Total free bytes (payload plus header of every free block) and the largest free payload.
