@@ -104,13 +104,7 @@ pub(crate) fn insert(
             // fails with the arena's figures as they stand.
             let before = heap::Before::read(r)?;
             let block = heap::alloc(tx, request)?;
-            let slot = match take_slot(tx) {
-                Ok(slot) => slot,
-                Err(e) => {
-                    before.restore_high_water(r)?;
-                    return Err(room_for_slots(e, payload, before.free));
-                }
-            };
+            let slot = take_slot(tx).map_err(|e| before.failed(r, e, payload))?;
             (slot, block)
         }
     };
@@ -136,27 +130,6 @@ pub(crate) fn insert(
     tx.count(Counter::Requested, bytes);
     tx.publish_at_commit(slot + l::E_STATE);
     Ok((slot, generation, data))
-}
-
-/// The error of a name whose block of `payload` bytes fits but whose chunk of slots, carved
-/// after it, does not: the name needs both, so `requested` counts both, and `free` is the
-/// arena's before the update (which gives the block back as it fails). `largest_free` is
-/// what was left once the block was placed: the room the chunk lacked.
-fn room_for_slots(e: Error, payload: u64, free: u64) -> Error {
-    match e {
-        Error::OutOfSpace {
-            requested,
-            largest_free,
-            capacity,
-            ..
-        } => Error::OutOfSpace {
-            requested: requested + payload + heap::BLOCK_HEADER,
-            largest_free,
-            free,
-            capacity,
-        },
-        other => other,
-    }
 }
 
 // `insert` writes these four fields with one store of consecutive words.

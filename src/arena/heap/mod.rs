@@ -533,15 +533,15 @@ pub(crate) fn free(tx: &mut Tx, payload: u64) -> Result<()> {
 }
 
 /// The heap's free bytes (parked blocks count as used). O(1).
-pub(crate) fn free_bytes<M: Mem + ?Sized>(r: &M) -> Result<u64> {
+fn free_bytes<M: Mem + ?Sized>(r: &M) -> Result<u64> {
     Ok(capacity(r).saturating_sub(r.load(l::USED)?))
 }
 
-/// The heap's figures before an update that may fail after it placed a block: the free bytes
-/// its error reports, and the high-water mark, which allocations raise outside the undo log
-/// and a rollback therefore keeps.
+/// The heap's figures before an update that may fail after it placed a block (a new name
+/// whose chunk of directory slots does not fit beside it): what that failure puts back and
+/// reports. Two loads of words the allocation touches anyway.
 pub(crate) struct Before {
-    pub(crate) free: u64,
+    free: u64,
     high_water: u64,
 }
 
@@ -553,9 +553,29 @@ impl Before {
         })
     }
 
-    /// Puts the high-water mark back as it was (under the lock, as the update fails).
-    pub(crate) fn restore_high_water(&self, r: &Region) -> Result<()> {
-        r.store(l::HIGH_WATER, self.high_water)
+    /// The error of that update, which placed a block of `payload` bytes and then failed
+    /// with `e` (under the lock; the rollback gives the block back). Puts the high-water
+    /// mark back, which allocations raise outside the undo log. An `OutOfSpace` then counts
+    /// the block too, since the update needed both, with the free bytes from before;
+    /// `largest_free` stays what was left beside the block, the room that was lacking.
+    pub(crate) fn failed(&self, r: &Region, e: Error, payload: u64) -> Error {
+        if let Err(damage) = r.store(l::HIGH_WATER, self.high_water) {
+            return damage;
+        }
+        match e {
+            Error::OutOfSpace {
+                requested,
+                largest_free,
+                capacity,
+                ..
+            } => Error::OutOfSpace {
+                requested: requested + payload + HDR,
+                largest_free,
+                free: self.free,
+                capacity,
+            },
+            other => other,
+        }
     }
 }
 
