@@ -181,18 +181,20 @@ fn broadcast_string(comm: &SimpleCommunicator, root: i32, text: &str) -> String 
 /// and fields (the original on that rank, a copy on the others), and how many ranks failed;
 /// successful values are dropped. One reduction when all went well.
 pub fn agree<T>(comm: &SimpleCommunicator, local: Result<T>) -> Result<T> {
-    let mine = if local.is_err() {
-        comm.rank()
-    } else {
-        i32::MAX
-    };
+    match lowest_rank_where(comm, local.is_err()) {
+        None => local,
+        Some(first) => Err(spread(comm, first, local)),
+    }
+}
+
+/// The lowest rank whose `flag` is set, if any, on every rank: one reduction. Collective over
+/// `comm`.
+fn lowest_rank_where(comm: &SimpleCommunicator, flag: bool) -> Option<i32> {
+    let mine = if flag { comm.rank() } else { i32::MAX };
     let mut first = i32::MAX;
     counted();
     comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
-    if first == i32::MAX {
-        return local;
-    }
-    Err(spread(comm, first, local))
+    (first != i32::MAX).then_some(first)
 }
 
 /// [`check_same`] and [`agree`] in one reduction: every rank passed the same `description`, and
@@ -301,14 +303,9 @@ fn mismatch(comm: &SimpleCommunicator, what: &str, description: &str, hash: u64)
     let mut root_hash = hash;
     counted();
     comm.process_at_rank(0).broadcast_into(&mut root_hash);
-    let mine = if hash != root_hash {
-        comm.rank()
-    } else {
-        i32::MAX
-    };
-    let mut first = i32::MAX;
-    counted();
-    comm.all_reduce_into(&mine, &mut first, SystemOperation::min());
+    // The hashes differ, so some rank's differs from rank 0's; the 0 keeps a reduction that
+    // lied from sending the broadcast below to a rank that does not exist.
+    let first = lowest_rank_where(comm, hash != root_hash).unwrap_or(0);
     let theirs = broadcast_string(comm, first, description);
     let root = broadcast_string(comm, 0, description);
     Error::InvalidArgument(format!(
