@@ -19,7 +19,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -111,6 +111,19 @@ pub struct Header {
 
 /// Size classes of parked blocks: payloads up to `PARK_CLASSES * ALIGN` bytes are parked.
 pub const PARK_CLASSES: usize = 64;
+/// Lists of parked slots per size class (layout 11), each kept in address order: one per
+/// rank for two ranks, and one cache line a class (four lists, two lines, cost two ranks'
+/// releases 50-100 ns more, the line another core had to be brought too).
+pub const PARK_LISTS: usize = 2;
+
+/// The parked slots of one size class: `PARK_LISTS` lists linked by the slots' `next`, each
+/// `[head, tail, head's block, tail's block]` (the tail means nothing while the head is 0), in
+/// the one cache line that a take and a park read. The lists are ordered by their blocks'
+/// offsets; the block words are hints (see `recycle.rs`).
+#[repr(C, align(64))]
+pub struct ParkedClass {
+    pub lists: [[u64; 4]; PARK_LISTS],
+}
 
 /// The directory is `bucket_count` words in groups of one cache line: word 0 of a group is
 /// its version, odd while an update under the arena lock changes one of the group's chains and
@@ -154,10 +167,9 @@ pub struct Meta {
     pub slot_free: u64,
     /// Directory slots carved so far (they are never given back to the heap).
     pub slots: u64,
-    /// Per size class, a list of removed names' slots that keep their heap block, linked by
-    /// the slot's `next`, for the next name of that size (class `i`: payloads of
-    /// `(i + 1) * ALIGN` bytes).
-    pub parked: [u64; PARK_CLASSES],
+    /// Per size class, lists of removed names' slots that keep their heap block, for the next
+    /// name of that size (class `i`: payloads of `(i + 1) * ALIGN` bytes; see `recycle.rs`).
+    pub parked: [ParkedClass; PARK_CLASSES],
     pub fl_bitmap: u64,
     pub sl_bitmap: [u64; FL_COUNT],
     pub heads: [u64; FL_COUNT * SL_COUNT],
@@ -168,6 +180,7 @@ const _: () = assert!(std::mem::size_of::<LockSlot>() == 64);
 const _: () = assert!(offset_of!(Header, lock) % 64 == 0);
 const _: () = assert!(offset_of!(Header, user_lock) % 64 == 0);
 const _: () = assert!(offset_of!(Header, log) % 64 == 0);
+const _: () = assert!(std::mem::size_of::<ParkedClass>() == 64);
 
 /// Bytes of the arena header (the smallest file that can be an arena).
 pub const HEADER_SIZE: u64 = std::mem::size_of::<Header>() as u64;

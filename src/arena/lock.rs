@@ -351,7 +351,10 @@ impl Arena {
         {
             return Err(damaged());
         }
-        let mut tx = Tx::begin(&self.region);
+        let attacher = self.slot.map_or(u64::from(self.pid), |at| {
+            at.saturating_sub(l::ATTACHERS) / 16
+        });
+        let mut tx = Tx::begin(&self.region).by(attacher);
         let value = update(&mut tx)?;
         tx.commit();
         drop(guard);

@@ -164,6 +164,21 @@ impl Region {
         unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
     }
 
+    /// The `n` header words from `off` (inside the header that every Region has), in place.
+    #[inline]
+    pub(crate) fn header_words(&self, off: u64, n: usize) -> &[AtomicU64] {
+        assert!(
+            off % 8 == 0 && off + n as u64 * 8 <= l::HEADER_SIZE,
+            "header words {off} (+{n})"
+        );
+        // SAFETY: `off + 8n <= HEADER_SIZE <= len` (asserted above and required by `new`), the
+        // mapping is 8-aligned and `off` a multiple of 8; atomic access to shared memory, the
+        // slice living no longer than &self.
+        unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(off as usize) as *const AtomicU64, n)
+        }
+    }
+
     /// Undo log entry `i` (below `UNDO_CAPACITY`): its offset and old-value words.
     #[inline]
     pub(super) fn undo_entry(&self, i: u64) -> [&AtomicU64; 2] {

@@ -82,6 +82,11 @@ pub(crate) struct Tx<'r> {
     touched_len: usize,
     /// A slot whose new generation becomes visible to lock-free readers at commit.
     publish: Option<u64>,
+    /// Which of a size class's parked lists this process's removals extend first
+    /// (`recycle.rs`), by its attacher record (creator 0, attachers 1, 2, ...): each of two
+    /// ranks' released names then stay on a list of their own, whose tail slot the rank wrote
+    /// last, instead of linking after a slot the other core just wrote.
+    home: usize,
     /// Tests: stop logging-and-writing after this many writes, as a killed process would.
     #[cfg(test)]
     pub(crate) limit: Option<u64>,
@@ -97,9 +102,22 @@ impl<'r> Tx<'r> {
             touched: [0; 8],
             touched_len: 0,
             publish: None,
+            home: 0,
             #[cfg(test)]
             limit: None,
         }
+    }
+
+    /// The update of the process whose attacher record is `attacher` (see `home`).
+    pub(crate) fn by(mut self, attacher: u64) -> Self {
+        self.home = (attacher % l::PARK_LISTS as u64) as usize;
+        self
+    }
+
+    /// The parked list this process's removals extend first.
+    #[inline(always)]
+    pub(crate) fn home(&self) -> usize {
+        self.home
     }
 
     pub(crate) fn region(&self) -> &'r Region {

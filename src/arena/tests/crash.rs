@@ -238,9 +238,26 @@ fn a_recovery_recounts_the_unlogged_counters() {
         arena.verify().is_err(),
         "the scrambled counters are noticed"
     );
+    // The park lists' hints (their heads' and tails' blocks) too: wrong hints only misorder
+    // takes, and the recovery sets them again.
+    let lists: Vec<u64> = (0..l::PARK_CLASSES)
+        .flat_map(|c| (0..l::PARK_LISTS).map(move |i| recycle::head_of(c, i)))
+        .filter(|&at| r.load(at).unwrap() != 0)
+        .collect();
+    assert!(!lists.is_empty());
+    for &at in &lists {
+        r.store(at + 16, 0xdead_beef).unwrap();
+        r.store(at + 24, 1).unwrap();
+    }
     lock::recover(&r).unwrap();
     assert_eq!(arena.stats().unwrap(), stats);
     assert_eq!(arena.verify().unwrap(), report);
+    for &at in &lists {
+        let block = |slot| directory::read_slot(&r, slot).unwrap().block();
+        let (head, tail) = (r.load(at).unwrap(), r.load(at + 8).unwrap());
+        assert_eq!(r.load(at + 16).unwrap(), block(head));
+        assert_eq!(r.load(at + 24).unwrap(), block(tail));
+    }
 }
 
 /// A crafted undo log that would restore words inside the lock (a write-what-where for anyone
@@ -386,4 +403,86 @@ fn an_interrupted_insert_is_invisible_to_lock_free_readers() {
             .unwrap_or_else(|e| panic!("after stopping at write {stop_after}: {e}"));
     }
     arena.deallocate(kept).unwrap();
+}
+
+/// Each way a removal parks its slot (after a list's tail, before its head, as a new list in
+/// its process's own list) and a take of the lowest head, stopped at every logged write, is
+/// rolled back to the lists as they were: the same heads and tails, in a heap that verifies.
+/// The blocks' offsets beside them are hints, left to the next update and the recovery.
+#[test]
+fn an_interrupted_park_or_take_leaves_the_lists_as_they_were() {
+    let dir = TempDir::new();
+    let arena = Arena::create("p", &dir.options(1 << 20)).unwrap();
+    // Fresh blocks come in address order: low < kept < high.
+    let low = zombie(&arena, "low", 100);
+    let kept: Vec<_> = (0..4)
+        .map(|i| arena.allocate(&format!("kept{i}"), 100).unwrap())
+        .collect();
+    let high = zombie(&arena, "high", 100);
+    let mut kept = kept.into_iter();
+    let _first = kept.next();
+    arena.deallocate(kept.next().unwrap()).unwrap();
+    arena.deallocate(kept.next().unwrap()).unwrap();
+    let r = arena.region;
+    let class = (0..l::PARK_CLASSES)
+        .find(|&c| r.load(recycle::head_of(c, 0)).unwrap() != 0)
+        .expect("the creator's list holds the two");
+    let ends = || -> Vec<u64> {
+        (0..l::PARK_LISTS)
+            .flat_map(|i| {
+                let at = recycle::head_of(class, i);
+                let head = r.load(at).unwrap();
+                [
+                    head,
+                    if head == 0 {
+                        0
+                    } else {
+                        r.load(at + 8).unwrap()
+                    },
+                ]
+            })
+            .collect()
+    };
+    let (before, lists) = ((arena.entries().unwrap(), arena.stats().unwrap()), ends());
+    let key = b"interrupted";
+    let updates: [(&str, u64, &Update); 4] = [
+        ("park after the tail", 0, &|tx| {
+            directory::remove_dead(tx, high.0, high.1)
+        }),
+        ("park before the head", 0, &|tx| {
+            directory::remove_dead(tx, low.0, low.1)
+        }),
+        ("park as a new list", 1, &|tx| {
+            directory::remove_dead(tx, high.0, high.1)
+        }),
+        ("take the lowest head", 0, &|tx| {
+            directory::insert(tx, key, directory::hash(key), 100, 64).map(drop)
+        }),
+    ];
+    for (what, attacher, update) in updates {
+        // Run whole, each takes the path it names.
+        let mut tx = Tx::begin(&r).by(attacher);
+        update(&mut tx).unwrap();
+        let after = ends();
+        match what {
+            "park after the tail" => assert_eq!(after[1], high.0, "{what}"),
+            "park before the head" => assert_eq!(after[0], low.0, "{what}"),
+            "park as a new list" => assert_eq!(after[2..4], [high.0, high.0], "{what}"),
+            _ => assert_eq!(after[0], lists[1], "{what}: the second parked is the head"),
+        }
+        std::mem::forget(tx);
+        lock::recover(&r).unwrap();
+        let mut completed = false;
+        for stop_after in 1..40u64 {
+            let mut tx = Tx::begin(&r).by(attacher);
+            tx.limit = Some(stop_after);
+            completed |= update(&mut tx).is_ok();
+            std::mem::forget(tx);
+            lock::recover(&r).unwrap();
+            let at = format!("{what}, stopped at write {stop_after}");
+            assert_as_before(&arena, &before, &at);
+            assert_eq!(ends(), lists, "{at}");
+        }
+        assert!(completed, "{what}: every stopping point was tried");
+    }
 }

@@ -76,10 +76,10 @@ fn a_damaged_park_list_is_an_error() {
     let gone = arena.allocate("gone", 64).unwrap();
     arena.deallocate(gone).unwrap();
     let r = arena.region;
-    let class = (0..l::PARK_CLASSES as u64)
-        .find(|c| r.load(l::PARKED + c * 8).unwrap() != 0)
+    let head = (0..l::PARK_CLASSES)
+        .map(|c| recycle::head_of(c, 0))
+        .find(|&h| r.load(h).unwrap() != 0)
         .expect("one list holds the removed block");
-    let head = l::PARKED + class * 8;
     let parked = r.load(head).unwrap();
     for bad in [12_345_678u64, 8, parked + 8] {
         r.store(head, bad).unwrap();
@@ -94,4 +94,130 @@ fn a_damaged_park_list_is_an_error() {
     r.store(head, parked).unwrap();
     arena.verify().unwrap();
     arena.deallocate(live).unwrap();
+}
+
+/// The parked lists of the one class that has parked blocks: each list's slots, head first,
+/// and their blocks.
+fn park_lists(arena: &Arena) -> Vec<Vec<(u64, u64)>> {
+    let r = &arena.region;
+    let classes: Vec<usize> = (0..l::PARK_CLASSES)
+        .filter(|&c| (0..l::PARK_LISTS).any(|i| r.load(recycle::head_of(c, i)).unwrap() != 0))
+        .collect();
+    assert_eq!(classes.len(), 1, "parked blocks of one size");
+    (0..l::PARK_LISTS)
+        .map(|list| {
+            let mut e = r.load(recycle::head_of(classes[0], list)).unwrap();
+            let mut slots = Vec::new();
+            while e != 0 {
+                let slot = directory::read_slot(r, e).unwrap();
+                slots.push((e, slot.block()));
+                e = slot.next();
+            }
+            slots
+        })
+        .collect()
+}
+
+/// Two processes that made their names in turns (so that their blocks interleave) and each
+/// release theirs in the order made leave two lists, each in address order; the next names
+/// of that size then take the blocks in address order, one sweep over the memory, where a
+/// single last-in-first-out list gave one process's blocks, then the other's.
+#[test]
+fn parked_blocks_are_taken_in_address_order() {
+    let dir = TempDir::new();
+    let options = dir.options(4 << 20).unlink(Unlink::OnLastDetach);
+    let a = Arena::create("order", &options).unwrap();
+    let b = Arena::attach_with("order", &options).unwrap();
+    let (mut made, mut turn) = ([Vec::new(), Vec::new()], 0usize);
+    for i in 0..600 {
+        // Turns of 1 to 3 names, as two ranks racing for the lock take them.
+        if i % 3 == 0 || i % 7 == 0 {
+            turn ^= 1;
+        }
+        let who = if turn == 0 { &a } else { &b };
+        made[turn].push(who.allocate(&format!("made-{i}"), 64).unwrap());
+    }
+    let [mine, theirs] = made;
+    assert!(mine.len() > 200 && theirs.len() > 200);
+    let (mut mine, mut theirs) = (mine.into_iter(), theirs.into_iter());
+    for i in 0.. {
+        let (x, y) = (mine.next(), theirs.next());
+        if x.is_none() && y.is_none() {
+            break;
+        }
+        if let Some(x) = x {
+            a.deallocate(x).unwrap();
+        }
+        if i % 2 == 0 {
+            if let Some(y) = y {
+                b.deallocate(y).unwrap();
+            }
+        } else if let Some(y) = y {
+            b.deallocate(y).unwrap();
+        }
+    }
+    let lists = park_lists(&a);
+    let parked: usize = lists.iter().map(Vec::len).sum();
+    assert_eq!(parked, 600);
+    for list in &lists {
+        assert!(
+            list.windows(2).all(|w| w[0].1 < w[1].1),
+            "a list in address order: {list:?}"
+        );
+    }
+    let taken: Vec<u64> = (0..600)
+        .map(|i| a.allocate(&format!("new-{i}"), 64).unwrap().offset())
+        .collect();
+    assert!(
+        taken.windows(2).all(|w| w[0] < w[1]),
+        "taken in address order: {taken:?}"
+    );
+    a.verify().unwrap();
+}
+
+/// A list's tail that another process damaged (pointing at a live entry, or at a parked slot
+/// that is not the last of its list) is reported by `verify`, and a removal that would link
+/// after it fails with `Corrupted` instead of writing through it.
+#[test]
+fn a_damaged_park_tail_is_an_error() {
+    let dir = TempDir::new();
+    let arena = Arena::create("t", &dir.options(1 << 20)).unwrap();
+    let live = arena.allocate("live", 64).unwrap();
+    let (first, second) = (
+        arena.allocate("first", 64).unwrap(),
+        arena.allocate("second", 64).unwrap(),
+    );
+    // Made after the blocks that get parked: their removal would link after the tail.
+    let mut later = [0, 1].map(|i| Some(arena.allocate(&format!("later{i}"), 64).unwrap()));
+    arena.deallocate(first).unwrap();
+    arena.deallocate(second).unwrap();
+    let lists = park_lists(&arena);
+    assert_eq!(lists[0].len(), 2, "{lists:?}");
+    let r = arena.region;
+    let tail = (0..l::PARK_CLASSES)
+        .map(|c| recycle::head_of(c, 0) + 8)
+        .find(|&t| r.load(t).unwrap() == lists[0][1].0)
+        .expect("the list's tail word");
+    for (i, bad) in [live_entry(&arena, "live").0, lists[0][0].0]
+        .into_iter()
+        .enumerate()
+    {
+        r.store(tail, bad).unwrap();
+        assert_eq!(arena.verify().unwrap_err().code(), ErrorCode::Corrupted);
+        let err = arena.deallocate(later[i].take().unwrap()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Corrupted, "{err}");
+        assert_eq!(arena.lookup("live").unwrap().unwrap().refcount, 1);
+        assert_eq!(
+            park_lists(&arena)[0].len(),
+            2,
+            "nothing linked after a bad tail"
+        );
+        r.store(tail, lists[0][1].0).unwrap();
+    }
+    arena.verify().unwrap();
+    // The names whose removal failed were left without references, and go when met.
+    assert!(arena.lookup("later0").unwrap().is_none());
+    assert!(arena.lookup("later1").unwrap().is_none());
+    arena.deallocate(live).unwrap();
+    arena.verify().unwrap();
 }
