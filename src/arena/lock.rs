@@ -66,6 +66,57 @@ pub(crate) unsafe fn init(m: *mut libc::pthread_mutex_t) -> Result<()> {
     }
 }
 
+/// Byte offset of glibc's `__kind` in a `pthread_mutex_t` on 64-bit Linux: the mutex's type
+/// and protocol, which glibc trusts. Damaged into a priority-protect or priority-inherit kind,
+/// a lock call aborts the process on one of glibc's assertions instead of failing.
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+const KIND_OFFSET: usize = 16;
+
+/// The kind word of a mutex made by [`init`], read from a private one made the same way (so
+/// that what glibc writes there is never hard-coded here); `None` if that failed.
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+fn expected_kind() -> Option<u32> {
+    static KIND: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *KIND.get_or_init(|| {
+        let mut m = std::mem::MaybeUninit::<libc::pthread_mutex_t>::zeroed();
+        // SAFETY: `m` is private, writable, aligned memory for one mutex that nothing uses.
+        unsafe { init(m.as_mut_ptr()) }.ok()?;
+        // SAFETY: `init` initialised the mutex, whose 40 bytes include the 4 at KIND_OFFSET
+        // (4-aligned); a plain read of private memory; then the mutex is destroyed, unused.
+        unsafe {
+            let kind = std::ptr::read(m.as_ptr().cast::<u8>().add(KIND_OFFSET).cast::<u32>());
+            libc::pthread_mutex_destroy(m.as_mut_ptr());
+            Some(kind)
+        }
+    })
+}
+
+/// Refuses a mutex whose kind word is not the one [`init`] writes (see [`KIND_OFFSET`]).
+///
+/// # Safety
+/// `m` must point to at least `size_of::<pthread_mutex_t>()` bytes of a live shared mapping,
+/// 8-aligned.
+#[inline(always)]
+unsafe fn check_kind(m: *mut libc::pthread_mutex_t, what: &str) -> Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+    {
+        // SAFETY: per the contract the 4 bytes at KIND_OFFSET lie in the mapping, 4-aligned;
+        // other processes may write them, so they are read atomically.
+        let kind = unsafe { &*m.cast::<u8>().add(KIND_OFFSET).cast::<AtomicU32>() }
+            .load(Ordering::Relaxed);
+        if let Some(expected) = expected_kind() {
+            if kind != expected {
+                return Err(Error::Corrupted(format!(
+                    "the {what} is damaged: its mutex's kind word reads {kind:#x}, where a \
+                     robust process-shared mutex has {expected:#x}; recreate the arena"
+                )));
+            }
+        }
+    }
+    let _ = (m, what);
+    Ok(())
+}
+
 /// Locks `m`, waiting at most `timeout`. While it spins (the first few microseconds of the
 /// wait), `give_up` is asked after every try that found the lock held: when it returns a
 /// value, the wait ends without the lock and that value comes back as `Ok(Err(value))`.
@@ -80,6 +131,8 @@ pub(crate) unsafe fn lock<G>(
     holder: &AtomicU32,
     mut give_up: impl FnMut() -> Option<G>,
 ) -> Result<std::result::Result<Acquired, G>> {
+    // SAFETY: `m` is a mutex inside a live shared mapping per the contract.
+    unsafe { check_kind(m, what)? };
     // Critical sections under this lock last a few hundred nanoseconds, so a waiter first spins
     // for a few microseconds: sleeping in the kernel would make every hand-over cost a futex
     // wake system call. No clock read on this path.

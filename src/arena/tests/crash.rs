@@ -486,3 +486,35 @@ fn an_interrupted_park_or_take_leaves_the_lists_as_they_were() {
         assert!(completed, "{what}: every stopping point was tried");
     }
 }
+
+/// A lock whose mutex another process damaged into another kind (priority-protect here,
+/// where glibc would abort the process on an assertion) is refused with `Corrupted` before
+/// any pthread call, for the metadata lock and the user lock alike.
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+#[test]
+fn a_damaged_mutex_kind_is_an_error() {
+    let dir = TempDir::new();
+    let arena = Arena::create("k", &dir.options(1 << 20)).unwrap();
+    let b = arena.allocate("before", 64).unwrap();
+    let r = arena.region;
+    for lock in [l::LOCK, l::USER_LOCK] {
+        let kind = r.word32(lock + 16);
+        let good = kind.load(Ordering::Relaxed);
+        // glibc's PTHREAD_MUTEX_PRIO_PROTECT_NP bit (64) in the kind word.
+        kind.store(good | 0x40, Ordering::Relaxed);
+        let err = if lock == l::LOCK {
+            arena.allocate("after", 64).map(drop).unwrap_err()
+        } else {
+            arena
+                .lock_user(Duration::from_millis(50))
+                .map(drop)
+                .unwrap_err()
+        };
+        assert_eq!(err.code(), ErrorCode::Corrupted, "{err}");
+        assert!(err.to_string().contains("kind word"), "{err}");
+        kind.store(good, Ordering::Relaxed);
+    }
+    arena.deallocate(b).unwrap();
+    drop(arena.lock_user(Duration::from_millis(50)).unwrap());
+    arena.verify().unwrap();
+}
