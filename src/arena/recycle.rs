@@ -63,7 +63,7 @@ const TAIL: usize = 1;
 const HEAD_BLOCK: usize = 2;
 const TAIL_BLOCK: usize = 3;
 
-/// The lists of one class, in place in the header (two cache lines).
+/// The lists of one class, in place in the header (one cache line).
 struct Lists<'a>(&'a [AtomicU64]);
 
 impl<'a> Lists<'a> {
@@ -157,7 +157,8 @@ pub(crate) fn park(tx: &mut Tx, slot: &Slot) -> Result<bool> {
         // The tail's link is written: it must be a slot that ends a list (on no chain: no
         // references). Its line is this process's, warm. Its block's header is not read, as a
         // head's is before a take: with two ranks' blocks interleaved, that line is often the
-        // other rank's (the end of its block), and the read cost their releases 50-90 ns.
+        // other rank's (the end of its block); alternated jobs with that read showed their
+        // releases up to 50-90 ns slower.
         let last = directory::read_slot(r, tail)?;
         if last.next() != 0 || last.state().refs() != 0 {
             return Err(Error::Corrupted(format!(
