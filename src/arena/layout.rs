@@ -112,8 +112,8 @@ pub struct Header {
 /// Size classes of parked blocks: payloads up to `PARK_CLASSES * ALIGN` bytes are parked.
 pub const PARK_CLASSES: usize = 64;
 /// Lists of parked slots per size class (layout 11), each kept in address order: one per
-/// rank for two ranks, and one cache line a class (four lists, two lines, cost two ranks'
-/// releases 50-100 ns more, the line another core had to be brought too).
+/// rank for two ranks, in one cache line a class, which every take and park of the class
+/// reads and the other rank's updates pull back (four lists would take two lines).
 pub const PARK_LISTS: usize = 2;
 
 /// The parked slots of one size class: `PARK_LISTS` lists linked by the slots' `next`, each
