@@ -113,6 +113,7 @@ unsafe fn check_kind(m: *mut libc::pthread_mutex_t, what: &str) -> Result<()> {
             }
         }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64")))]
     let _ = (m, what);
     Ok(())
 }

@@ -57,6 +57,12 @@ pub(crate) fn head_of(class: usize, list: usize) -> u64 {
     l::PARKED + (class * PARK_LISTS + list) as u64 * 32
 }
 
+/// Offset of list `list`'s tail in class `class`.
+#[inline]
+pub(crate) fn tail_of(class: usize, list: usize) -> u64 {
+    head_of(class, list) + TAIL as u64 * 8
+}
+
 /// Words of a list from its head: the head, its tail, and the hints (their blocks).
 const HEAD: usize = 0;
 const TAIL: usize = 1;
@@ -175,7 +181,7 @@ pub(crate) fn park(tx: &mut Tx, slot: &Slot) -> Result<bool> {
         if slot.next() != 0 {
             tx.set(e + l::E_NEXT, 0)?;
         }
-        tx.set(at + 8, e)?;
+        tx.set(tail_of(class, i), e)?;
         lists.hint(i, TAIL_BLOCK, block);
     } else {
         let head = lists.get(i, HEAD);
@@ -184,7 +190,7 @@ pub(crate) fn park(tx: &mut Tx, slot: &Slot) -> Result<bool> {
             // (a name made and released in turn), and an empty list's tail is read by no one:
             // a tail that says so already needs no logged write.
             if lists.get(i, TAIL) != e {
-                tx.set(at + 8, e)?;
+                tx.set(tail_of(class, i), e)?;
             }
             lists.hint(i, TAIL_BLOCK, block);
         }
@@ -306,10 +312,7 @@ pub(crate) fn count_parked<M: Mem + ?Sized>(r: &M) -> Result<(u64, u64)> {
     let (mut blocks, mut bytes) = (0u64, 0u64);
     for class in 0..PARK_CLASSES {
         for list in 0..PARK_LISTS {
-            let (head, tail) = (
-                r.load(head_of(class, list))?,
-                r.load(head_of(class, list) + 8)?,
-            );
+            let (head, tail) = (r.load(head_of(class, list))?, r.load(tail_of(class, list))?);
             let (mut e, mut last) = (head, 0);
             while e != 0 {
                 blocks += 1;

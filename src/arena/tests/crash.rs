@@ -437,7 +437,7 @@ fn an_interrupted_park_or_take_leaves_the_lists_as_they_were() {
                     if head == 0 {
                         0
                     } else {
-                        r.load(at + 8).unwrap()
+                        r.load(recycle::tail_of(class, i)).unwrap()
                     },
                 ]
             })

@@ -195,7 +195,7 @@ fn a_damaged_park_tail_is_an_error() {
     assert_eq!(lists[0].len(), 2, "{lists:?}");
     let r = arena.region;
     let tail = (0..l::PARK_CLASSES)
-        .map(|c| recycle::head_of(c, 0) + 8)
+        .map(|c| recycle::tail_of(c, 0))
         .find(|&t| r.load(t).unwrap() == lists[0][1].0)
         .expect("the list's tail word");
     for (i, bad) in [live_entry(&arena, "live").0, lists[0][0].0]
