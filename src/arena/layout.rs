@@ -213,6 +213,12 @@ pub const UNLINKED: u64 = off!(unlinked);
 pub const EXPECTED_PEERS: u64 = off!(expected_peers);
 pub const DAMAGED: u64 = off!(damaged);
 pub const USER_LOCK_HOLDER: u64 = off!(user_lock.holder_pid);
+/// The bytes of the two process-shared mutexes, as (offset, length). glibc reads and writes
+/// them itself while a process is inside a pthread call, so the arena can check them only
+/// between calls (the kind word, before each one: damage at rest). Tools and tests that damage
+/// a live arena leave them alone; every other byte must stay checkable.
+pub const MUTEX_BYTES: [(u64, u64); 2] =
+    [(LOCK, MUTEX_SLOT as u64), (USER_LOCK, MUTEX_SLOT as u64)];
 pub const UNTRACKED: u64 = off!(untracked_attachers);
 pub const RECOVERIES: u64 = off!(recoveries);
 pub const USED: u64 = off!(meta.used);

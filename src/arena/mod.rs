@@ -43,7 +43,7 @@ pub type UserLock<'a> = LockGuard<'a>;
 pub use directory::{EntryInfo, MAX_NAME_LEN};
 pub use heap::HeapReport;
 pub use inspect::{inspect, Inspected, Inspection};
-pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC};
+pub use layout::{HEADER_SIZE, LAYOUT_VERSION, MAGIC, MUTEX_BYTES};
 pub use options::{HugePages, Options, Reservation, Unlink, POPULATE_FROM};
 pub use shm::{
     backing_dir, backing_kind, checked_regular, file_kind, open_for_reading, BackingKind,

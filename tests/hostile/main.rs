@@ -1,8 +1,10 @@
 //! Damaged and hostile arenas: a mutation test (thousands of damaged copies of a valid arena,
 //! each put through every operation in a child process with a time and an address-space limit),
-//! and attaching a file another user planted. Nothing here may panic, abort, raise a signal or
-//! hang: bad data is an error.
+//! and attaching a file another user planted; damage while processes work on an arena
+//! (`in_use.rs`). Nothing here may panic, abort, raise a signal or hang: bad data is an error.
 
+mod in_use;
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -72,10 +74,9 @@ fn golden(dir: &Path, name: &str) -> Vec<u8> {
 }
 
 /// One damaged copy of `golden`: what was changed, for the report.
-fn mutate(golden: &[u8], words: &[usize], rng: &mut Rng, kind: usize) -> (Vec<u8>, String) {
-    let mut m = golden.to_vec();
+fn mutate(m: &mut [u8], words: &[usize], rng: &mut Rng, kind: usize) -> String {
     let word_at = |rng: &mut Rng| words[rng.below(words.len() as u64) as usize];
-    let set = |m: &mut Vec<u8>, at: usize, v: u64| m[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    let set = |m: &mut [u8], at: usize, v: u64| m[at..at + 8].copy_from_slice(&v.to_ne_bytes());
     let what = match kind % 10 {
         0 => {
             let at = rng.below(HEADER_SIZE) as usize;
@@ -90,48 +91,48 @@ fn mutate(golden: &[u8], words: &[usize], rng: &mut Rng, kind: usize) -> (Vec<u8
         }
         2 => {
             let at = word_at(rng);
-            set(&mut m, at, at as u64);
+            set(m, at, at as u64);
             format!("word {at} points to itself")
         }
         3 => {
             let at = word_at(rng);
-            set(&mut m, at, u64::MAX);
+            set(m, at, u64::MAX);
             format!("word {at} = u64::MAX")
         }
         4 => {
             let at = word_at(rng);
-            set(&mut m, at, 0xffff_ffff_ffff_fff0);
+            set(m, at, 0xffff_ffff_ffff_fff0);
             format!("word {at} = 0xfffffffffffffff0")
         }
         5 => {
             let at = word_at(rng);
-            set(&mut m, at, 1 << (40 + rng.below(23)));
+            set(m, at, 1 << (40 + rng.below(23)));
             format!("word {at} = a huge count")
         }
         6 => {
             let at = word_at(rng);
-            set(&mut m, at, 0);
+            set(m, at, 0);
             format!("word {at} = 0")
         }
         7 => {
             let (at, to) = (word_at(rng), word_at(rng));
-            set(&mut m, at, to as u64);
+            set(m, at, to as u64);
             format!("word {at} points to word {to}")
         }
         8 => {
             let at = word_at(rng);
-            set(&mut m, at, rng.next());
+            set(m, at, rng.next());
             format!("word {at} = random")
         }
         _ => {
             let at = word_at(rng);
             let old = u64::from_ne_bytes(m[at..at + 8].try_into().unwrap());
             let v = old.wrapping_add(rng.below(64)).wrapping_sub(32);
-            set(&mut m, at, v);
+            set(m, at, v);
             format!("word {at} moved by a few bytes")
         }
     };
-    (m, what)
+    what
 }
 
 /// Child: every operation on the damaged arena at `path`; errors are fine, nothing else is.
@@ -211,8 +212,13 @@ enum Outcome {
 }
 
 fn run_child(path: &Path) -> Outcome {
+    wait_child(spawn_child(&format!("exercise:{}", path.display())))
+}
+
+/// This binary as a child playing `role` (`name:argument`), under the address-space limit.
+fn spawn_child(role: &str) -> support::KillOnDrop {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(support::ROLE_ENV, format!("exercise:{}", path.display()))
+    cmd.env(support::ROLE_ENV, role)
         .env("RUST_BACKTRACE", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -229,8 +235,11 @@ fn run_child(path: &Path) -> Outcome {
             Ok(())
         });
     }
-    let child = cmd.spawn().expect("spawning a child");
-    let mut child = support::KillOnDrop(child);
+    support::KillOnDrop(cmd.spawn().expect("spawning a child"))
+}
+
+/// How `child` ended, waiting at most [`CHILD_LIMIT`] (then it is killed: a hang).
+fn wait_child(mut child: support::KillOnDrop) -> Outcome {
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {
@@ -277,13 +286,24 @@ fn mutation_test_of_damaged_arenas() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(MUTANTS);
+    // Damage rarely comes alone (a stray write or a torn page changes neighbouring words too):
+    // every fourth mutant is damaged in two or three places, every mutant in
+    // NODESHM_MUTANT_DAMAGES places if set.
+    let fixed_damages: Option<usize> = std::env::var("NODESHM_MUTANT_DAMAGES")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let damages = |i: usize| fixed_damages.unwrap_or(if i % 4 == 3 { 2 + i / 4 % 2 } else { 1 });
     let mut rng = Rng(seed);
     let path = dir.0.join("nodeshm-mutant");
     let (mut clean, mut errors_seen) = (0usize, 0usize);
     let mut bad = Vec::new();
     let started = Instant::now();
     for i in 0..mutants {
-        let (bytes, what) = mutate(&golden, &words, &mut rng, i);
+        let mut bytes = golden.clone();
+        let what: Vec<String> = (0..damages(i))
+            .map(|d| mutate(&mut bytes, &words, &mut rng, i + d))
+            .collect();
+        let what = what.join(", ");
         std::fs::write(&path, &bytes).unwrap();
         match run_child(&path) {
             Outcome::Clean(out) => {
@@ -305,9 +325,12 @@ fn mutation_test_of_damaged_arenas() {
     let _ = std::fs::remove_file(&path);
     let count = |kind: &str| bad.iter().filter(|b| b.starts_with(kind)).count();
     println!(
-        "mutation test: {mutants} mutants (seed {seed:#x}) of a {ARENA_SIZE}-byte arena with {BLOCKS} blocks in \
-         {:.1} s: {clean} clean ({errors_seen} of them reported damage as an error), {} panics, \
+        "mutation test: {mutants} mutants (seed {seed:#x}, {}) of a {ARENA_SIZE}-byte arena with {BLOCKS} \
+         blocks in {:.1} s: {clean} clean ({errors_seen} of them reported damage as an error), {} panics, \
          {} aborts, {} signals, {} hangs",
+        fixed_damages.map_or("every fourth damaged in 2 or 3 places".into(), |n| format!(
+            "each damaged in {n} places"
+        )),
         started.elapsed().as_secs_f64(),
         count("panic"),
         count("abort"),
@@ -422,7 +445,11 @@ fn bad_arguments_are_errors() {
 
 fn main() {
     support::main(
-        &[("exercise", role_exercise), ("plant", role_plant)],
+        &[
+            ("exercise", role_exercise),
+            ("plant", role_plant),
+            ("churn", in_use::role_churn),
+        ],
         &[
             (
                 "mutation_test_of_damaged_arenas",
@@ -433,6 +460,7 @@ fn main() {
                 a_file_planted_by_another_user_is_refused,
             ),
             ("bad_arguments_are_errors", bad_arguments_are_errors),
+            ("damage_while_in_use", in_use::damage_while_in_use),
         ],
     );
 }
