@@ -1,5 +1,6 @@
 //! Single-process arena benchmark: allocate / find / deallocate latency with 1, 1,000 and
-//! 100,000 live names, and the cost of names new to the arena (`new-held`: 20,000 names
+//! 100,000 live names, finds of names made long before (`find-old`), and the cost of names
+//! new to the arena (`new-held`: 20,000 names
 //! allocated and held, then released, `free-held`). Prints a table; `--json FILE` writes the
 //! figures too.
 //!
@@ -107,6 +108,25 @@ fn main() -> nodeshm::Result<()> {
             arena.deallocate(b)?;
             dealloc.push(t.elapsed());
         }
+        // Finds of names that were made long before, in a scattered order (a fixed-seed
+        // generator): what a code pays to look up one of many tables whose lines have left the
+        // cache, where the probe above finds the name it just made.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let old_names: Vec<String> = (0..SAMPLES)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                format!("live-{}", (x >> 33) as usize % live.len())
+            })
+            .collect();
+        let mut find_old = Vec::with_capacity(SAMPLES);
+        for n in std::iter::repeat_n(&old_names, probe_rounds).flatten() {
+            let t = Instant::now();
+            let f = arena.find(n)?.expect("a live name");
+            find_old.push(t.elapsed());
+            arena.deallocate(f)?;
+        }
         // Then names new to the arena, held until all exist, as the MPI benchmark's "new
         // names (held)" rows: each takes a new slot and heap block (or a parked pair, from the
         // level before), and the directory grows with them. This is what a name costs to
@@ -130,6 +150,7 @@ fn main() -> nodeshm::Result<()> {
         for (op, mut v) in [
             ("allocate", alloc),
             ("find", find),
+            ("find-old", find_old),
             ("deallocate", dealloc),
             ("new-held", create),
             ("free-held", release),
