@@ -51,7 +51,7 @@ impl Arena {
                 directory::lookup_locked(tx, key, h)?
             };
             if let Some(e) = existing {
-                let existing = r.load(e + l::E_SIZE)?;
+                let existing = directory::read_slot(r, e)?.size();
                 if existing != bytes {
                     return Err(Error::SizeMismatch {
                         name: name.into(),

@@ -19,7 +19,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -248,7 +248,10 @@ pub const UNLINK_POLICY: u64 = off!(unlink_policy);
 /// the generation in `state` tells it whether the slot is still the one it read.
 ///
 /// The block's name is at the start of its heap block (`block`), followed by padding up to the
-/// block's alignment and then the user's data (`data_offset`).
+/// block's alignment and then the user's data (`data_offset`). Its first [`NAME_HEAD`] bytes
+/// are in the slot too (layout 12), so that a lookup compares a name of up to 16 bytes in the
+/// slot's own line: a process that finds a name another core just made, or one made long
+/// ago, then waits for one line fewer.
 #[repr(C)]
 pub struct Entry {
     /// Next entry of the bucket chain, next free slot, or next parked slot of its class.
@@ -259,20 +262,26 @@ pub struct Entry {
     /// without the arena lock.
     pub state: u64,
     pub data_offset: u64,
-    pub size: u64,
+    /// Bytes asked for in the low [`SIZE_BITS`] bits, the name's length in the high 16: one
+    /// word, so that the two are always written together.
+    pub size_and_name_len: u64,
     /// Payload offset of the heap block holding the name and the data.
     pub block: u64,
-    pub name_len: u64,
-    pub reserved: u64,
+    /// The name's first [`NAME_HEAD`] bytes as they are in the block, zero after its end.
+    pub name_head: [u64; 2],
 }
 pub const ENTRY_SIZE: u64 = std::mem::size_of::<Entry>() as u64;
 pub const E_NEXT: u64 = offset_of!(Entry, next) as u64;
 pub const E_HASH: u64 = offset_of!(Entry, hash) as u64;
 pub const E_STATE: u64 = offset_of!(Entry, state) as u64;
 pub const E_DATA: u64 = offset_of!(Entry, data_offset) as u64;
-pub const E_SIZE: u64 = offset_of!(Entry, size) as u64;
+pub const E_SIZE: u64 = offset_of!(Entry, size_and_name_len) as u64;
 pub const E_BLOCK: u64 = offset_of!(Entry, block) as u64;
-pub const E_NAME_LEN: u64 = offset_of!(Entry, name_len) as u64;
+pub const E_NAME_HEAD: u64 = offset_of!(Entry, name_head) as u64;
+/// Bits of [`Entry::size_and_name_len`] that hold the size: 256 TiB, more than any arena.
+pub const SIZE_BITS: u32 = 48;
+/// Bytes of a name kept in its slot.
+pub const NAME_HEAD: u64 = 16;
 /// Slots carved at once from one heap chunk.
 pub const SLOTS_PER_CHUNK: u64 = 32;
 const _: () = assert!(ENTRY_SIZE == 64);

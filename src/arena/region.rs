@@ -326,6 +326,7 @@ impl Region {
     }
 
     /// Copies bytes into the arena (only into memory no other process can reach yet).
+    #[inline(always)]
     pub(crate) fn write_bytes(&self, off: u64, bytes: &[u8]) -> Result<()> {
         let dst = self.at(off, bytes.len() as u64)?;
         // SAFETY: `at` checked the range; the caller writes only fresh, unpublished memory.

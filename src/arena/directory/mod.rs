@@ -1,7 +1,8 @@
 //! The name directory: a fixed array of chain heads in groups of one cache line, each group
 //! with its version (see [`GROUP_WORDS`](crate::arena::layout::GROUP_WORDS)); a chain links
 //! entries. An entry is a 64-byte slot (slots are carved from heap chunks that are never given
-//! back); its name and the user's data share one heap block. Lookups are O(1) expected.
+//! back); its name and the user's data share one heap block, and the slot keeps the name's
+//! first 16 bytes, so that most names compare without the block. Lookups are O(1) expected.
 //!
 //! Only the groups the names need are in use ([`Extent`]): 8 at first, one more split (linear
 //! hashing) by each insert that leaves fewer than 1 chain per name, until the whole array

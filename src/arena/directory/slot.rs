@@ -85,14 +85,25 @@ impl Slot {
     pub(crate) fn state(&self) -> State {
         State(self.word(l::E_STATE))
     }
+    /// Bytes asked for.
     #[inline]
     pub(crate) fn size(&self) -> u64 {
-        self.word(l::E_SIZE)
+        size_of_word(self.word(l::E_SIZE))
+    }
+    /// The name's length in bytes.
+    #[inline]
+    pub(crate) fn name_len(&self) -> u64 {
+        name_len_of_word(self.word(l::E_SIZE))
     }
     /// Payload offset of the heap block holding the name and the data.
     #[inline]
     pub(crate) fn block(&self) -> u64 {
         self.word(l::E_BLOCK)
+    }
+    /// The slot's copy of its name's first bytes ([`name_head`]).
+    #[inline]
+    pub(crate) fn stored_name_head(&self) -> [u64; 2] {
+        [self.word(l::E_NAME_HEAD), self.word(l::E_NAME_HEAD + 8)]
     }
 
     /// The data offset and size, checked to lie inside the heap and to be aligned to `align`,
@@ -241,21 +252,29 @@ pub(super) fn name_matches<M: Mem + ?Sized>(r: &M, slot: &Slot, name: &[u8]) -> 
     names_equal(|at| r.load(at).ok(), slot, name).ok_or_else(|| outside(slot.block()))
 }
 
-/// Whether `slot` holds `name`, its stored words read by `load` (`None`: one could not be
-/// read). Word by word: a name starts its 16-aligned block, whose data begins past the name's
-/// last word, so whole-word reads stay inside the block; a mismatch usually shows in the first.
+/// Whether `slot` holds `name`, the words past its first [`l::NAME_HEAD`] bytes read from the
+/// block by `load` (`None`: one could not be read). Word by word, the first two from the slot
+/// itself: a name of up to 16 bytes needs no other line. A name starts its 16-aligned block,
+/// whose data begins past the name's last word, so whole-word reads stay inside the block; a
+/// mismatch usually shows in the first.
 #[inline]
 pub(crate) fn names_equal(
     mut load: impl FnMut(u64) -> Option<u64>,
     slot: &Slot,
     name: &[u8],
 ) -> Option<bool> {
-    if slot.word(l::E_NAME_LEN) != name.len() as u64 {
+    if slot.name_len() != name.len() as u64 {
         return Some(false);
     }
     let block = slot.block();
     for (i, piece) in name.chunks(8).enumerate() {
-        let stored = u64::from_le_bytes(load(block.checked_add(i as u64 * 8)?)?.to_ne_bytes());
+        let at = i as u64 * 8;
+        let word = if at < l::NAME_HEAD {
+            slot.word(l::E_NAME_HEAD + at)
+        } else {
+            load(block.checked_add(at)?)?
+        };
+        let stored = u64::from_le_bytes(word.to_ne_bytes());
         let mask = match piece.len() {
             8 => !0,
             n => (1u64 << (8 * n)) - 1,
@@ -273,6 +292,34 @@ fn outside(block: u64) -> Error {
     Error::Corrupted(format!("a name at offset {block} runs past the arena"))
 }
 
+/// The slot word that holds a size of `size` bytes and a name of `name_len` bytes (both
+/// checked by the caller: a size below `2^SIZE_BITS`, a name of at most `MAX_NAME_LEN`).
+#[inline]
+pub(crate) fn size_word(size: u64, name_len: u64) -> u64 {
+    debug_assert!(size >> l::SIZE_BITS == 0 && name_len >> (64 - l::SIZE_BITS) == 0);
+    size | name_len << l::SIZE_BITS
+}
+
+#[inline]
+pub(crate) fn size_of_word(word: u64) -> u64 {
+    word & ((1 << l::SIZE_BITS) - 1)
+}
+
+#[inline]
+pub(crate) fn name_len_of_word(word: u64) -> u64 {
+    word >> l::SIZE_BITS
+}
+
+/// The slot words that hold the first [`l::NAME_HEAD`] bytes of `name`, as the block holds
+/// them (memory order), zero after its end.
+#[inline]
+pub(crate) fn name_head(name: &[u8]) -> [u64; 2] {
+    let head = &name[..name.len().min(l::NAME_HEAD as usize)];
+    let (first, second) = head.split_at(head.len().min(8));
+    // `word_of` reads little-endian; a slot word holds the bytes in memory order.
+    [word_of(first), word_of(second)].map(|w| u64::from_ne_bytes(w.to_le_bytes()))
+}
+
 #[inline]
 pub(crate) fn state<M: Mem + ?Sized>(r: &M, e: u64) -> Result<State> {
     Ok(State(r.load(e + l::E_STATE)?))
@@ -284,8 +331,12 @@ pub(crate) fn data_of<M: Mem + ?Sized>(r: &M, e: u64, align: u64) -> Result<(u64
     read_slot(r, e)?.placed(r.geometry(), align)
 }
 
-/// Heap bytes a block of `bytes` named `name_len` bytes needs, aligned to `align`.
+/// Heap bytes a block of `bytes` named `name_len` bytes needs, aligned to `align` (`None`: more
+/// than a slot can describe, or than a `u64` holds).
 pub(crate) fn block_request(name_len: u64, bytes: u64, align: u64) -> Option<u64> {
+    if bytes >> l::SIZE_BITS != 0 {
+        return None;
+    }
     round_up(name_len, l::ALIGN)
         .checked_add(align - l::ALIGN)?
         .checked_add(bytes)

@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 
 use super::extent::{current_extent, tag, Head};
 use super::growth::grow;
-use super::slot::{block_request, check_entry, name_matches, read_slot, state, Chain, PENDING};
+use super::slot::{
+    block_request, check_entry, name_matches, read_slot, size_word, state, Chain, PENDING,
+};
 use crate::arena::layout::{self as l, round_up, ENTRY_SIZE};
 use crate::arena::region::Mem;
 use crate::arena::undo::{Counter, Tx};
@@ -60,7 +62,7 @@ fn take_slot(tx: &mut Tx) -> Result<u64> {
     let chunk = heap::alloc_top(tx, l::SLOTS_PER_CHUNK * ENTRY_SIZE)?;
     // The chunk is zeroed (generation 0, no references), and usually carved from memory above
     // the pristine mark, which a rollback must leave zero: its links are logged, and so are
-    // the words of the first slot that `insert` stores without logging (36 words once every
+    // the words of the first slot that `insert` stores without logging (37 words once every
     // 32 names).
     for word in STORED_UNLOGGED {
         tx.set(chunk + word, 0)?;
@@ -121,7 +123,20 @@ pub(crate) fn insert(
     )?;
     r.write_bytes(block, name)?;
     r.store(slot + l::E_HASH, h)?;
-    r.store_words(slot + l::E_DATA, &[data, bytes, block, name.len() as u64])?;
+    // The slot's copy of the name's first 16 bytes, read back from the block: its name area
+    // is at least 16 bytes and was zero (a parked block zeroed above, a heap block zeroed by
+    // the heap), so this is `name_head(name)` without assembling it byte by byte.
+    let (head, head_rest) = (r.load(block)?, r.load(block + 8)?);
+    r.store_words(
+        slot + l::E_DATA,
+        &[
+            data,
+            size_word(bytes, name.len() as u64),
+            block,
+            head,
+            head_rest,
+        ],
+    )?;
     // Logged: on a rollback this word is the free list's link again.
     let head = Head(tx.get(bucket)?);
     tx.set(slot + l::E_NEXT, head.first())?;
@@ -132,14 +147,24 @@ pub(crate) fn insert(
     Ok((slot, generation, data))
 }
 
-// `insert` writes these four fields with one store of consecutive words.
+// `insert` writes these fields with one store of consecutive words.
 const _: () = assert!(
-    l::E_SIZE == l::E_DATA + 8 && l::E_BLOCK == l::E_DATA + 16 && l::E_NAME_LEN == l::E_DATA + 24
+    l::E_SIZE == l::E_DATA + 8
+        && l::E_BLOCK == l::E_DATA + 16
+        && l::E_NAME_HEAD == l::E_DATA + 24
+        && l::NAME_HEAD == 16
 );
 
 /// The words of a slot that `insert` stores without logging (a rollback leaves them to the
 /// slot's next use, which writes them again), logged by `take_slot` when the slot is fresh.
-const STORED_UNLOGGED: [u64; 5] = [l::E_HASH, l::E_DATA, l::E_SIZE, l::E_BLOCK, l::E_NAME_LEN];
+const STORED_UNLOGGED: [u64; 6] = [
+    l::E_HASH,
+    l::E_DATA,
+    l::E_SIZE,
+    l::E_BLOCK,
+    l::E_NAME_HEAD,
+    l::E_NAME_HEAD + 8,
+];
 
 /// Removes entry `e` of generation `generation`, whose last reference was dropped: unlinks
 /// it and parks its slot with its block (see `recycle.rs`), or frees both when the block is

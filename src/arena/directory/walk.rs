@@ -3,7 +3,7 @@
 
 use super::extent::{extent, head_offset, Head};
 use super::names::{hash, MAX_NAME_LEN};
-use super::slot::{state, Chain, Slot};
+use super::slot::{name_head, read_slot, Chain, Slot};
 use crate::arena::layout as l;
 use crate::arena::region::{Mem, Region};
 use crate::error::{Error, Result};
@@ -23,15 +23,21 @@ pub struct EntryInfo {
 }
 
 pub(crate) fn read_entry<M: Mem + ?Sized>(r: &M, e: u64) -> Result<EntryInfo> {
-    let len = (r.load(e + l::E_NAME_LEN)? as usize).min(MAX_NAME_LEN);
+    Ok(read_named(r, &read_slot(r, e)?)?.0)
+}
+
+/// The entry of `slot` and its name's bytes as its block holds them.
+fn read_named<M: Mem + ?Sized>(r: &M, slot: &Slot) -> Result<(EntryInfo, Vec<u8>)> {
+    let len = (slot.name_len() as usize).min(MAX_NAME_LEN);
     let mut name = vec![0u8; len];
-    r.read_bytes(r.load(e + l::E_BLOCK)?, &mut name)?;
-    Ok(EntryInfo {
+    r.read_bytes(slot.block(), &mut name)?;
+    let info = EntryInfo {
         name: String::from_utf8_lossy(&name).into_owned(),
-        offset: r.load(e + l::E_DATA)?,
-        size: r.load(e + l::E_SIZE)?,
-        refcount: state(r, e)?.refs(),
-    })
+        offset: slot.word(l::E_DATA),
+        size: slot.size(),
+        refcount: slot.state().refs(),
+    };
+    Ok((info, name))
 }
 
 /// Every entry, in bucket order, at most `limit` of them (`Ok((entries, true))` when there were
@@ -122,10 +128,18 @@ pub(crate) fn verify<M: Mem + ?Sized>(r: &M) -> Result<u64> {
     let mut seen = 0u64;
     let mut requested = 0u64;
     each_entry(r, |i, slot| {
-        let info = read_entry(r, slot.at)?;
+        let (info, name) = read_named(r, slot)?;
         // An entry without references is allowed: its last holder died before removing it,
         // and the next update that meets it removes it.
-        let h = hash(info.name.as_bytes());
+        let h = hash(&name);
+        // Lookups compare the slot's hash and its copy of the name's first bytes: a slot that
+        // disagrees with its block about them holds a name no lookup finds, or another's.
+        if slot.hash() != h || slot.stored_name_head() != name_head(&name) {
+            return Err(Error::Corrupted(format!(
+                "the slot of entry {:?} at offset {} disagrees with its name (hash or first bytes)",
+                info.name, slot.at
+            )));
+        }
         if extent.chain_of(g, h).1 != i {
             return Err(Error::Corrupted(format!(
                 "entry {:?} is misfiled",

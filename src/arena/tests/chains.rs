@@ -78,7 +78,9 @@ fn names_hash_as_read_byte_by_byte() {
 }
 
 /// A stored name is compared word by word, its short tail masked: every length from 1 to 40
-/// matches itself, and no name that differs in one byte (any position) or in length.
+/// matches itself, and no name that differs in one byte (any position) or in length. The
+/// first 16 bytes come from the slot: a name of up to 16 bytes reads nothing else, a longer
+/// one only its block's words past them.
 #[test]
 fn stored_names_compare_in_every_byte() {
     let dir = TempDir::new();
@@ -89,8 +91,27 @@ fn stored_names_compare_in_every_byte() {
         let name = &text[..len];
         let block = arena.allocate(name, 8).unwrap();
         let slot = directory::read_slot(&r, live_entry(&arena, name).0).unwrap();
-        let equal = |other: &[u8]| directory::names_equal(|at| r.load(at).ok(), &slot, other);
+        let read = std::cell::RefCell::new(Vec::new());
+        let equal = |other: &[u8]| {
+            directory::names_equal(
+                |at| {
+                    read.borrow_mut().push(at);
+                    r.load(at).ok()
+                },
+                &slot,
+                other,
+            )
+        };
         assert_eq!(equal(name.as_bytes()), Some(true), "{name}");
+        let expected: Vec<u64> = (16..len as u64)
+            .step_by(8)
+            .map(|at| slot.block() + at)
+            .collect();
+        assert_eq!(
+            *read.borrow(),
+            expected,
+            "words of the block read for {name}"
+        );
         for at in 0..len {
             let mut other = name.as_bytes().to_vec();
             other[at] ^= 0x20;
@@ -413,6 +434,42 @@ fn chain_heads_announce_their_names() {
     for b in blocks {
         arena.deallocate(b).unwrap();
     }
+}
+
+/// A slot keeps its name's first 16 bytes and its hash beside the block's copy of the name:
+/// a slot whose copy or hash was damaged holds a name that lookups no longer find (never
+/// another's), and `verify` reports it.
+#[test]
+fn a_slot_that_disagrees_with_its_name_is_an_error() {
+    let dir = TempDir::new();
+    let arena = Arena::create("head", &dir.options(1 << 20)).unwrap();
+    let r = arena.region;
+    let block = arena.allocate("table-of-fluxes", 64).unwrap();
+    let (entry, _) = live_entry(&arena, "table-of-fluxes");
+    let h = directory::hash(b"table-of-fluxes");
+    for (word, damage) in [
+        (l::E_NAME_HEAD, 1u64 << 8),
+        (l::E_NAME_HEAD + 8, 1u64 << 40),
+        (l::E_HASH, 1u64 << 3),
+    ] {
+        let good = r.load(entry + word).unwrap();
+        r.store(entry + word, good ^ damage).unwrap();
+        assert!(
+            matches!(
+                directory::lookup_fast(&r, b"table-of-fluxes", h),
+                directory::Fast::Miss { .. }
+            ),
+            "word {word} damaged"
+        );
+        let err = arena.verify().unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupted(m) if m.contains("disagrees with its name")),
+            "word {word}: {err}"
+        );
+        r.store(entry + word, good).unwrap();
+        arena.verify().unwrap();
+    }
+    arena.deallocate(block).unwrap();
 }
 
 /// A lock-free reader that meets a chain being updated waits for the update without the lock,
