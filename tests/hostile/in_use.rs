@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nodeshm::arena::{Arena, Options, MUTEX_BYTES};
 
 use crate::support;
-use crate::{golden, mutate, spawn_child, wait_child, Outcome, Rng};
+use crate::{assert_none_misbehaved, golden, mutate, spawn_child, wait_child, Outcome, Rng};
 
 /// Rounds of [`damage_while_in_use`], each on a fresh arena (NODESHM_IN_USE_ROUNDS runs more).
 const ROUNDS: usize = 40;
@@ -155,14 +155,5 @@ pub fn damage_while_in_use() {
         bad.len()
     );
     assert!(worked > 0, "the workers never got to work");
-    assert!(
-        bad.is_empty(),
-        "{} workers misbehaved; the first ones:\n{}",
-        bad.len(),
-        bad.iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    );
+    assert_none_misbehaved(&bad, "workers");
 }

@@ -337,15 +337,17 @@ fn mutation_test_of_damaged_arenas() {
         count("signal"),
         count("hang")
     );
+    assert_none_misbehaved(&bad, "mutants");
+}
+
+/// Fails, with the first few of them, if any child in `bad` panicked, aborted, raised a
+/// signal or hung (`who`: what the children were).
+fn assert_none_misbehaved(bad: &[String], who: &str) {
     assert!(
         bad.is_empty(),
-        "{} mutants misbehaved; the first ones:\n{}",
+        "{} {who} misbehaved; the first ones:\n{}",
         bad.len(),
-        bad.iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+        bad[..bad.len().min(5)].join("\n---\n")
     );
 }
 
