@@ -19,7 +19,7 @@ use std::mem::offset_of;
 /// First 8 bytes of every arena.
 pub const MAGIC: [u8; 8] = *b"NODESHM\0";
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 /// `init_state` values.
 pub const INIT_READY: u32 = 1;
@@ -111,14 +111,17 @@ pub struct Header {
 
 /// Size classes of parked blocks: payloads up to `PARK_CLASSES * ALIGN` bytes are parked.
 pub const PARK_CLASSES: usize = 64;
-/// Lists of parked slots per size class (layout 11), each kept in address order: one per
-/// rank for two ranks, in one cache line a class, which every take and park of the class
-/// reads and the other rank's updates pull back (four lists would take two lines).
-pub const PARK_LISTS: usize = 2;
+/// Lists of parked slots per size class, each kept in address order: one per rank for up to
+/// four ranks (layout 13; two lists, one line a class, in layout 11). With four ranks on two
+/// lists their releases interleaved and most went in out of order: in full 4-rank benchmark
+/// jobs new names at 1,000 live then read 270 ns against 146 with four lists, the same names
+/// 381 against 331; with two ranks the second line costs 0-10 ns
+/// (docs/performance-notes.md).
+pub const PARK_LISTS: usize = 4;
 
 /// The parked slots of one size class: `PARK_LISTS` lists linked by the slots' `next`, each
 /// `[head, tail, head's block, tail's block]` (the tail means nothing while the head is 0), in
-/// the one cache line that a take and a park read. The lists are ordered by their blocks'
+/// the two cache lines that a take and a park read. The lists are ordered by their blocks'
 /// offsets; the block words are hints (see `recycle.rs`).
 #[repr(C, align(64))]
 pub struct ParkedClass {
@@ -180,7 +183,7 @@ const _: () = assert!(std::mem::size_of::<LockSlot>() == 64);
 const _: () = assert!(offset_of!(Header, lock) % 64 == 0);
 const _: () = assert!(offset_of!(Header, user_lock) % 64 == 0);
 const _: () = assert!(offset_of!(Header, log) % 64 == 0);
-const _: () = assert!(std::mem::size_of::<ParkedClass>() == 64);
+const _: () = assert!(std::mem::size_of::<ParkedClass>() == 32 * PARK_LISTS);
 
 /// Bytes of the arena header (the smallest file that can be an arena).
 pub const HEADER_SIZE: u64 = std::mem::size_of::<Header>() as u64;

@@ -9,14 +9,14 @@
 //! its process's own list (by its attacher record: creator 0, next attacher 1, ...) where
 //! its block keeps that list's order, before the head or after the tail; else after the
 //! largest tail below its block, before the smallest head above it, or into an empty list.
-//! Names released in the order they were made (or the reverse) extend one list, and two ranks
-//! that made their names in turns and release them each in its own order extend one each,
-//! each linking after a slot it wrote itself. New names then sweep the parked blocks in order,
+//! Names released in the order they were made (or the reverse) extend one list, and up to four
+//! ranks that made their names in turns and release them each in its own order extend one
+//! each, each linking after a slot it wrote itself. New names then sweep the parked blocks in order,
 //! which the hardware's prefetcher follows, instead of hopping between the ranks' blocks, over
 //! twice the memory, as a single last-in-first-out list did (docs/performance-notes.md,
 //! "Parked pairs in address order"). A slot that fits no list (more orders interleaved than
-//! lists, as with four ranks) goes before the head closest below it: takes are then out of
-//! order by that much, never wrong.
+//! lists, as with more than four ranks) goes before the head closest below it: takes are then
+//! out of order by that much, never wrong.
 //!
 //! A list's head and tail are written through the undo log; the offsets of their blocks, kept
 //! beside them so that choosing a list reads no slot, are hints written outside it. A rollback
@@ -69,7 +69,7 @@ const TAIL: usize = 1;
 const HEAD_BLOCK: usize = 2;
 const TAIL_BLOCK: usize = 3;
 
-/// The lists of one class, in place in the header (one cache line).
+/// The lists of one class, in place in the header (two cache lines).
 struct Lists<'a>(&'a [AtomicU64]);
 
 impl<'a> Lists<'a> {

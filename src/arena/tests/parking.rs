@@ -118,61 +118,70 @@ fn park_lists(arena: &Arena) -> Vec<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// Two processes that made their names in turns (so that their blocks interleave) and each
-/// release theirs in the order made leave two lists, each in address order; the next names
-/// of that size then take the blocks in address order, one sweep over the memory, where a
-/// single last-in-first-out list gave one process's blocks, then the other's.
+/// Processes that made their names in turns (so that their blocks interleave) and each
+/// release theirs in the order made leave one list each, in address order; the next names of
+/// that size then take the blocks in address order, one sweep over the memory, where a single
+/// last-in-first-out list gave one process's blocks, then another's. With 2 processes and with
+/// 4 (as many as the lists).
 #[test]
 fn parked_blocks_are_taken_in_address_order() {
-    let dir = TempDir::new();
-    let options = dir.options(4 << 20).unlink(Unlink::OnLastDetach);
-    let a = Arena::create("order", &options).unwrap();
-    let b = Arena::attach_with("order", &options).unwrap();
-    let (mut made, mut turn) = ([Vec::new(), Vec::new()], 0usize);
-    for i in 0..600 {
-        // Turns of 1 to 3 names, as two ranks racing for the lock take them.
-        if i % 3 == 0 || i % 7 == 0 {
-            turn ^= 1;
+    for processes in [2, 4] {
+        let dir = TempDir::new();
+        let options = dir.options(4 << 20).unlink(Unlink::OnLastDetach);
+        let mut handles = vec![Arena::create("order", &options).unwrap()];
+        while handles.len() < processes {
+            handles.push(Arena::attach_with("order", &options).unwrap());
         }
-        let who = if turn == 0 { &a } else { &b };
-        made[turn].push(who.allocate(&format!("made-{i}"), 64).unwrap());
-    }
-    let [mine, theirs] = made;
-    assert!(mine.len() > 200 && theirs.len() > 200);
-    let (mut mine, mut theirs) = (mine.into_iter(), theirs.into_iter());
-    for i in 0.. {
-        let (x, y) = (mine.next(), theirs.next());
-        if x.is_none() && y.is_none() {
-            break;
-        }
-        if let Some(x) = x {
-            a.deallocate(x).unwrap();
-        }
-        if i % 2 == 0 {
-            if let Some(y) = y {
-                b.deallocate(y).unwrap();
+        let mut made: Vec<Vec<_>> = (0..processes).map(|_| Vec::new()).collect();
+        let mut turn = 0usize;
+        for i in 0..600 {
+            // Turns of 1 to 3 names, as ranks racing for the lock take them.
+            if i % 3 == 0 || i % 7 == 0 {
+                turn = (turn + 1 + i % 2) % processes;
             }
-        } else if let Some(y) = y {
-            b.deallocate(y).unwrap();
+            made[turn].push(handles[turn].allocate(&format!("made-{i}"), 64).unwrap());
         }
-    }
-    let lists = park_lists(&a);
-    let parked: usize = lists.iter().map(Vec::len).sum();
-    assert_eq!(parked, 600);
-    for list in &lists {
         assert!(
-            list.windows(2).all(|w| w[0].1 < w[1].1),
-            "a list in address order: {list:?}"
+            made.iter().all(|m| m.len() > 300 / processes),
+            "{processes}"
         );
+        // Each releases its own in the order made, the processes taking turns.
+        let mut made: Vec<_> = made.into_iter().map(Vec::into_iter).collect();
+        loop {
+            let mut any = false;
+            for (who, blocks) in made.iter_mut().enumerate() {
+                if let Some(block) = blocks.next() {
+                    handles[who].deallocate(block).unwrap();
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        let lists = park_lists(&handles[0]);
+        let parked: usize = lists.iter().map(Vec::len).sum();
+        assert_eq!(parked, 600);
+        for list in &lists {
+            assert!(
+                list.windows(2).all(|w| w[0].1 < w[1].1),
+                "{processes} processes: a list in address order: {list:?}"
+            );
+        }
+        let taken: Vec<u64> = (0..600)
+            .map(|i| {
+                handles[0]
+                    .allocate(&format!("new-{i}"), 64)
+                    .unwrap()
+                    .offset()
+            })
+            .collect();
+        assert!(
+            taken.windows(2).all(|w| w[0] < w[1]),
+            "{processes} processes: taken in address order: {taken:?}"
+        );
+        handles[0].verify().unwrap();
     }
-    let taken: Vec<u64> = (0..600)
-        .map(|i| a.allocate(&format!("new-{i}"), 64).unwrap().offset())
-        .collect();
-    assert!(
-        taken.windows(2).all(|w| w[0] < w[1]),
-        "taken in address order: {taken:?}"
-    );
-    a.verify().unwrap();
 }
 
 /// A list's tail that another process damaged (pointing at a live entry, or at a parked slot
