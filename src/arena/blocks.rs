@@ -51,7 +51,8 @@ impl Arena {
                 directory::lookup_locked(tx, key, h)?
             };
             if let Some(e) = existing {
-                let existing = directory::read_slot(r, e)?.size();
+                let slot = directory::read_slot(r, e)?;
+                let existing = slot.size();
                 if existing != bytes {
                     return Err(Error::SizeMismatch {
                         name: name.into(),
@@ -59,14 +60,14 @@ impl Arena {
                         requested: bytes,
                     });
                 }
-                let data = r.load(e + l::E_DATA)?;
+                let data = slot.data();
                 if data % align != 0 {
                     return Err(Error::InvalidArgument(format!(
                         "block {name:?} exists at offset {data}, which is not {align}-byte aligned; \
                          every process must ask for it with the same alignment"
                     )));
                 }
-                let placed = directory::data_of(r, e, align)?;
+                let placed = slot.placed(r.geometry(), align)?;
                 if let Some(generation) = directory::take_reference_now(r, e)? {
                     return Ok((e, generation, false, placed));
                 }

@@ -126,7 +126,7 @@ pub(crate) fn info<M: Mem + ?Sized>(r: &M) -> ArenaInfo {
         unlink: Unlink::decode(w32(l::UNLINK_POLICY), w32(l::EXPECTED_PEERS)),
         attach_count: w32(l::ATTACH_COUNT),
         attachers: (0..l::ATTACHER_SLOTS as u64)
-            .map(|i| l::ATTACHERS + i * 16)
+            .map(l::attacher_record)
             .filter_map(|slot| {
                 let pid = w(slot);
                 (pid != 0).then(|| (pid as u32, w(slot + 8)))

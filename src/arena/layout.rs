@@ -241,6 +241,16 @@ pub const UNDO_LEN: u64 = off!(log.undo_len);
 pub const UNDO_ENTRIES: u64 = off!(log.undo);
 const _: () = assert!(UNDO_ENTRIES % 8 == 0 && UNDO_ENTRIES + UNDO_CAPACITY * 16 <= HEADER_SIZE);
 pub const ATTACHERS: u64 = off!(attachers);
+/// Bytes of one attacher record: its pid, then its start time.
+const ATTACHER_RECORD: u64 = std::mem::size_of::<[u64; 2]>() as u64;
+/// Offset of attacher record `i` (below `ATTACHER_SLOTS`).
+pub const fn attacher_record(i: u64) -> u64 {
+    ATTACHERS + i * ATTACHER_RECORD
+}
+/// The index of the attacher record at `record` (an offset [`attacher_record`] gave).
+pub const fn attacher_index(record: u64) -> u64 {
+    record.saturating_sub(ATTACHERS) / ATTACHER_RECORD
+}
 /// `header_size` and `unlink_policy` share words with neighbours; read them as u32.
 pub const HEADER_SIZE_OFF: u64 = off!(header_size);
 pub const UNLINK_POLICY: u64 = off!(unlink_policy);

@@ -338,7 +338,7 @@ impl Arena {
         let word = |off: u64| -> Option<&AtomicU64> { r.atomic_header(off) };
         for pass in 0..2 {
             for i in 0..l::ATTACHER_SLOTS as u64 {
-                let slot = l::ATTACHERS + i * 16;
+                let slot = l::attacher_record(i);
                 let (Some(pid), Some(started)) = (word(slot), word(slot + 8)) else {
                     continue;
                 };

@@ -405,9 +405,7 @@ impl Arena {
         {
             return Err(damaged());
         }
-        let attacher = self.slot.map_or(u64::from(self.pid), |at| {
-            at.saturating_sub(l::ATTACHERS) / 16
-        });
+        let attacher = self.slot.map_or(u64::from(self.pid), l::attacher_index);
         let mut tx = Tx::begin(&self.region).by(attacher);
         let value = update(&mut tx)?;
         tx.commit();

@@ -5,18 +5,18 @@
 //! allocation's cost.
 //!
 //! Takes come in the order of the blocks' addresses. Each class has [`PARK_LISTS`] lists, each
-//! kept ascending by block, and a take pops the lowest head of them. A removed slot goes to
-//! its process's own list (by its attacher record: creator 0, next attacher 1, ...) where
-//! its block keeps that list's order, before the head or after the tail; else after the
-//! largest tail below its block, before the smallest head above it, or into an empty list.
-//! Names released in the order they were made (or the reverse) extend one list, and up to four
-//! ranks that made their names in turns and release them each in its own order extend one
-//! each, each linking after a slot it wrote itself. New names then sweep the parked blocks in order,
-//! which the hardware's prefetcher follows, instead of hopping between the ranks' blocks, over
-//! twice the memory, as a single last-in-first-out list did (docs/performance-notes.md,
-//! "Parked pairs in address order"). A slot that fits no list (more orders interleaved than
-//! lists, as with more than four ranks) goes before the head closest below it: takes are then
-//! out of order by that much, never wrong.
+//! kept ascending by block, and a take pops the lowest head of them. A removed slot goes to its
+//! process's own list (by its attacher record: creator 0, next attacher 1, ...) where its block
+//! keeps that list's order, before the head or after the tail; else after the largest tail
+//! below its block, before the smallest head above it, or into an empty list. Names released in
+//! the order they were made (or the reverse) extend one list, and up to four ranks that made
+//! their names in turns and release them each in its own order extend one each, each linking
+//! after a slot it wrote itself. New names then sweep the parked blocks in order, which the
+//! hardware's prefetcher follows, instead of hopping between the ranks' blocks, over twice the
+//! memory, as a single last-in-first-out list did (docs/performance-notes.md, "Parked pairs in
+//! address order"). A slot that fits no list (more orders interleaved than lists, as with more
+//! than four ranks) goes before the head closest below it: takes are then out of order by that
+//! much, never wrong.
 //!
 //! A list's head and tail are written through the undo log; the offsets of their blocks, kept
 //! beside them so that choosing a list reads no slot, are hints written outside it. A rollback
@@ -237,13 +237,13 @@ fn pop(tx: &mut Tx, class: usize) -> Result<Option<(u64, u64)>> {
 }
 
 /// Starts bringing the parked pairs that the next takes of this class will pop: the block of
-/// `next` (the new lowest head) and the slot after it on its list. Parked pairs lie wherever their names were
-/// removed, in any order, so each take would otherwise wait for a cache miss on its slot, then
-/// one on its block (one process making 20,000 names from 80,000 pairs parked in random order:
-/// 430-460 ns a name without this, 180-230 with it, 150 when they were parked in order;
-/// `same_names --scatter`). `next`'s slot line was
-/// brought by an earlier take (or parked lately), so reading its words here rarely waits. Only hints: nothing
-/// read here is trusted, and the next take checks its pair as ever.
+/// `next` (the new lowest head) and the slot after it on its list. Parked pairs lie wherever
+/// their names were removed, in any order, so each take would otherwise wait for a cache miss
+/// on its slot, then one on its block (one process making 20,000 names from 80,000 pairs
+/// parked in random order: 430-460 ns a name without this, 180-230 with it, 150 when they were
+/// parked in order; `same_names --scatter`). `next`'s slot line was brought by an earlier take
+/// (or parked lately), so reading its words here rarely waits. Only hints: nothing read here
+/// is trusted, and the next take checks its pair as ever.
 #[inline]
 fn prefetch_next(r: &Region, next: u64, payload: u64) {
     if next == 0 {

@@ -83,9 +83,9 @@ pub(crate) struct Tx<'r> {
     /// A slot whose new generation becomes visible to lock-free readers at commit.
     publish: Option<u64>,
     /// Which of a size class's parked lists this process's removals extend first
-    /// (`recycle.rs`), by its attacher record (creator 0, attachers 1, 2, ...): each of two
-    /// ranks' released names then stay on a list of their own, whose tail slot the rank wrote
-    /// last, instead of linking after a slot the other core just wrote.
+    /// (`recycle.rs`), by its attacher record (creator 0, attachers 1, 2, ...): the released
+    /// names of up to `PARK_LISTS` ranks then stay on a list each, whose tail slot the rank
+    /// wrote last, instead of linking after a slot another core just wrote.
     home: usize,
     /// Tests: stop logging-and-writing after this many writes, as a killed process would.
     #[cfg(test)]

@@ -85,15 +85,20 @@ impl Slot {
     pub(crate) fn state(&self) -> State {
         State(self.word(l::E_STATE))
     }
+    /// Offset of the user's data (unchecked: see [`Slot::placed`]).
+    #[inline]
+    pub(crate) fn data(&self) -> u64 {
+        self.word(l::E_DATA)
+    }
     /// Bytes asked for.
     #[inline]
     pub(crate) fn size(&self) -> u64 {
-        size_of_word(self.word(l::E_SIZE))
+        self.word(l::E_SIZE) & ((1 << l::SIZE_BITS) - 1)
     }
     /// The name's length in bytes.
     #[inline]
     pub(crate) fn name_len(&self) -> u64 {
-        name_len_of_word(self.word(l::E_SIZE))
+        self.word(l::E_SIZE) >> l::SIZE_BITS
     }
     /// Payload offset of the heap block holding the name and the data.
     #[inline]
@@ -110,7 +115,7 @@ impl Slot {
     /// so that a block handed to the user is memory this arena owns.
     #[inline]
     pub(crate) fn placed(&self, g: &Geometry, align: u64) -> Result<(u64, u64)> {
-        let (data, size) = (self.word(l::E_DATA), self.size());
+        let (data, size) = (self.data(), self.size());
         let block = self.block();
         let end = data.checked_add(size);
         if data < block
@@ -295,25 +300,15 @@ fn outside(block: u64) -> Error {
 /// The slot word that holds a size of `size` bytes and a name of `name_len` bytes (both
 /// checked by the caller: a size below `2^SIZE_BITS`, a name of at most `MAX_NAME_LEN`).
 #[inline]
-pub(crate) fn size_word(size: u64, name_len: u64) -> u64 {
+pub(super) fn size_word(size: u64, name_len: u64) -> u64 {
     debug_assert!(size >> l::SIZE_BITS == 0 && name_len >> (64 - l::SIZE_BITS) == 0);
     size | name_len << l::SIZE_BITS
-}
-
-#[inline]
-pub(crate) fn size_of_word(word: u64) -> u64 {
-    word & ((1 << l::SIZE_BITS) - 1)
-}
-
-#[inline]
-pub(crate) fn name_len_of_word(word: u64) -> u64 {
-    word >> l::SIZE_BITS
 }
 
 /// The slot words that hold the first [`l::NAME_HEAD`] bytes of `name`, as the block holds
 /// them (memory order), zero after its end.
 #[inline]
-pub(crate) fn name_head(name: &[u8]) -> [u64; 2] {
+pub(super) fn name_head(name: &[u8]) -> [u64; 2] {
     let head = &name[..name.len().min(l::NAME_HEAD as usize)];
     let (first, second) = head.split_at(head.len().min(8));
     // `word_of` reads little-endian; a slot word holds the bytes in memory order.

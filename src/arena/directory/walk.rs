@@ -33,7 +33,7 @@ fn read_named<M: Mem + ?Sized>(r: &M, slot: &Slot) -> Result<(EntryInfo, Vec<u8>
     r.read_bytes(slot.block(), &mut name)?;
     let info = EntryInfo {
         name: String::from_utf8_lossy(&name).into_owned(),
-        offset: slot.word(l::E_DATA),
+        offset: slot.data(),
         size: slot.size(),
         refcount: slot.state().refs(),
     };
