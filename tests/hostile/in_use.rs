@@ -22,7 +22,8 @@ const CHURN: Duration = Duration::from_millis(250);
 const WORKERS: usize = 2;
 
 /// Child: works on the arena at `path` for [`CHURN`] (names of its own and the arena's, their
-/// data, the checks, the user lock). Counts what succeeded and what returned an error.
+/// data, the checks, the user lock, bursts of names that split and merge the directory).
+/// Counts what succeeded and what returned an error.
 pub fn role_churn() {
     let path = PathBuf::from(support::role_arg());
     let dir = path.parent().unwrap();
@@ -60,6 +61,16 @@ pub fn role_churn() {
             }
             if i % 97 == 0 {
                 drop(arena.lock_user(Duration::from_millis(50))?);
+            }
+            // A burst of names grows the directory (splits) and their release shrinks it again
+            // (merges) and parks their blocks: those updates too meet the damage.
+            if i % 256 == 0 {
+                let burst = (0..64)
+                    .map(|k| arena.allocate(&format!("burst-{}-{k}", std::process::id()), 24))
+                    .collect::<nodeshm::Result<Vec<_>>>()?;
+                for block in burst.into_iter().rev() {
+                    arena.deallocate(block)?;
+                }
             }
             Ok(())
         })();

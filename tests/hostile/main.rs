@@ -61,6 +61,28 @@ fn golden(dir: &Path, name: &str) -> Vec<u8> {
             arena.deallocate(block).unwrap();
         }
     }
+    // NODESHM_MUTANT_NAMES=N: N more names of sizes 16-208, a third of them released again in
+    // a scattered order, so that the damage also lands in a directory split over several
+    // levels and in parked blocks spread over several lists and classes.
+    let many: usize = std::env::var("NODESHM_MUTANT_NAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut released = Vec::new();
+    for i in 0..many {
+        let block = arena
+            .allocate(&format!("many-{i}"), 16 + (i as u64 * 48) % 208)
+            .unwrap();
+        if i % 3 == 0 {
+            released.push((i * 7919 % (many + 1), block));
+        } else {
+            arena.persist(block).unwrap();
+        }
+    }
+    released.sort_by_key(|&(order, _)| order);
+    for (_, block) in released {
+        arena.deallocate(block).unwrap();
+    }
     let _kept = arena.allocate("kept-by-test", 100).unwrap();
     // Every slot of the directory's first chunk in use (20 kept, 1 held, and these), so that
     // the child's new name carves a second chunk from the top of the heap.
@@ -192,6 +214,13 @@ fn role_exercise() {
                 }
                 Err(e) => note("allocate-new", Err(e)),
             }
+            // A small new name takes a parked block when one of its class is parked; the
+            // release of its last reference parks it again.
+            match arena.allocate("a-small-name", 48) {
+                Ok(b) => note("allocate-small", arena.deallocate(b)),
+                Err(e) => note("allocate-small", Err(e)),
+            }
+            note("coalesce", arena.coalesce());
             note("verify", arena.verify().map(|_| ()));
             note(
                 "lock_user",
@@ -326,11 +355,12 @@ fn mutation_test_of_damaged_arenas() {
     let count = |kind: &str| bad.iter().filter(|b| b.starts_with(kind)).count();
     println!(
         "mutation test: {mutants} mutants (seed {seed:#x}, {}) of a {ARENA_SIZE}-byte arena with {BLOCKS} \
-         blocks in {:.1} s: {clean} clean ({errors_seen} of them reported damage as an error), {} panics, \
+         blocks and {} metadata words in {:.1} s: {clean} clean ({errors_seen} of them reported damage as an error), {} panics, \
          {} aborts, {} signals, {} hangs",
         fixed_damages.map_or("every fourth damaged in 2 or 3 places".into(), |n| format!(
             "each damaged in {n} places"
         )),
+        words.len(),
         started.elapsed().as_secs_f64(),
         count("panic"),
         count("abort"),
