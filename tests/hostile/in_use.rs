@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use nodeshm::arena::{Arena, Options, MUTEX_BYTES};
 
 use crate::support;
-use crate::{assert_none_misbehaved, golden, mutate, spawn_child, wait_child, Outcome, Rng};
+use crate::{
+    assert_none_misbehaved, env_number, golden, mutate, spawn_child, wait_child, Outcome, Rng,
+};
 
 /// Rounds of [`damage_while_in_use`], each on a fresh arena (NODESHM_IN_USE_ROUNDS runs more).
 const ROUNDS: usize = 40;
@@ -92,10 +94,7 @@ pub fn role_churn() {
 /// exit status 0.
 pub fn damage_while_in_use() {
     let dir = support::TempDir::new("in-use");
-    let rounds = std::env::var("NODESHM_IN_USE_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(ROUNDS);
+    let rounds = env_number("NODESHM_IN_USE_ROUNDS").unwrap_or(ROUNDS);
     let mut rng = Rng(0x696e_2d75_7365);
     let (mut damages, mut worked, mut failed_calls) = (0usize, 0u64, 0u64);
     let mut unlinked_early = 0usize;

@@ -27,6 +27,12 @@ const BLOCKS: usize = 20;
 /// Names added so that the golden arena's 32 directory slots are all taken.
 const FILLERS: usize = 11;
 
+/// The number in environment variable `name`, if it is set and parses (the knobs that run
+/// more or other mutants and rounds than CI does).
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
 /// A small deterministic generator (xorshift64*): the same mutants on every run.
 struct Rng(u64);
 
@@ -64,10 +70,7 @@ fn golden(dir: &Path, name: &str) -> Vec<u8> {
     // NODESHM_MUTANT_NAMES=N: N more names of sizes 16-208, a third of them released again in
     // a scattered order, so that the damage also lands in a directory split over several
     // levels and in parked blocks spread over several lists and classes.
-    let many: usize = std::env::var("NODESHM_MUTANT_NAMES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let many: usize = env_number("NODESHM_MUTANT_NAMES").unwrap_or(0);
     let mut released = Vec::new();
     for i in 0..many {
         let block = arena
@@ -85,7 +88,8 @@ fn golden(dir: &Path, name: &str) -> Vec<u8> {
     }
     let _kept = arena.allocate("kept-by-test", 100).unwrap();
     // Every slot of the directory's first chunk in use (20 kept, 1 held, and these), so that
-    // the child's new name carves a second chunk from the top of the heap.
+    // the child's new name carves a second chunk from the top of the heap (with
+    // NODESHM_MUTANT_NAMES, the extra names have filled more chunks already).
     for i in 0..FILLERS {
         let filler = arena.allocate(&format!("filler-{i}"), 16).unwrap();
         arena.persist(filler).unwrap();
@@ -307,20 +311,12 @@ fn mutation_test_of_damaged_arenas() {
         .filter(|&at| (at as u64) < HEADER_SIZE || golden[at..at + 8].iter().any(|&b| b != 0))
         .collect();
     assert!(words.len() > 200, "{} metadata words", words.len());
-    let seed = std::env::var("NODESHM_MUTANT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6e6f_6465_7368_6d31);
-    let mutants: usize = std::env::var("NODESHM_MUTANTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(MUTANTS);
+    let seed = env_number("NODESHM_MUTANT_SEED").unwrap_or(0x6e6f_6465_7368_6d31);
+    let mutants: usize = env_number("NODESHM_MUTANTS").unwrap_or(MUTANTS);
     // Damage rarely comes alone (a stray write or a torn page changes neighbouring words too):
     // every fourth mutant is damaged in two or three places, every mutant in
     // NODESHM_MUTANT_DAMAGES places if set.
-    let fixed_damages: Option<usize> = std::env::var("NODESHM_MUTANT_DAMAGES")
-        .ok()
-        .and_then(|s| s.parse().ok());
+    let fixed_damages: Option<usize> = env_number("NODESHM_MUTANT_DAMAGES");
     let damages = |i: usize| fixed_damages.unwrap_or(if i % 4 == 3 { 2 + i / 4 % 2 } else { 1 });
     let mut rng = Rng(seed);
     let path = dir.0.join("nodeshm-mutant");
