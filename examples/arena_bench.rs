@@ -7,6 +7,10 @@
 //!     cargo run --release --example arena_bench [-- --json arena.json] [--live N] [--rounds N]
 //!         [--expected-names N] [--dir DIR] [--new-only]
 //!
+//! Each level has a `core-loop` row (ns a step of a load/store loop, the host's speed for one
+//! core while the level ran; bench/host.rs), and the last line a 4 MiB pointer chase (how far
+//! this VM's share of the caches reaches), which the 100,000-name rows depend on.
+//!
 //! `PROBE_NAMES=N` cycles the probes through N names instead of 20,000 fresh ones (with few,
 //! their directory lines stay in cache: what the directory's size costs shows as the
 //! difference).
@@ -14,6 +18,9 @@
 use std::time::{Duration, Instant};
 
 use nodeshm::arena::{Arena, Options, Unlink};
+
+#[path = "bench/host.rs"]
+mod host;
 
 const SAMPLES: usize = 20_000;
 
@@ -77,6 +84,9 @@ fn main() -> nodeshm::Result<()> {
     rows.push(format!(
         "{{\"live_names\":0,\"op\":\"timer\",\"median_ns\":{timer:.0}}}"
     ));
+    // How far this VM's share of the caches reaches now (bench/host.rs): the 100,000-name
+    // rows depend on it. Before the first level and after the last, not between the rows.
+    let chase_before = host::chase_ns();
     let mut live = Vec::new();
     let levels: Vec<usize> = only.map_or(vec![1, 1_000, 100_000], |n| vec![n]);
     for target in levels {
@@ -96,6 +106,7 @@ fn main() -> nodeshm::Result<()> {
         // Allocate a fresh name, find it, then release both references: the live count stays at
         // `target` (+1 during the probe).
         let probe_rounds = if skip_probes { 0 } else { rounds };
+        let core_before = host::core_loop_ns();
         for n in std::iter::repeat_n(&names, probe_rounds).flatten() {
             let t = Instant::now();
             let b = arena.allocate(n, 64)?;
@@ -108,6 +119,12 @@ fn main() -> nodeshm::Result<()> {
             arena.deallocate(b)?;
             dealloc.push(t.elapsed());
         }
+        // Which of the host's two speeds the rows of this level were measured in.
+        let core = (core_before + host::core_loop_ns()) / 2.0;
+        println!("{target:>12} {:>10} {core:>12.2} {:>12}", "core-loop", "-");
+        rows.push(format!(
+            "{{\"live_names\":{target},\"op\":\"core-loop\",\"ns_per_step\":{core:.3}}}"
+        ));
         // Finds of names that were made long before, in a scattered order (a fixed-seed
         // generator): what a code pays to look up one of many tables whose lines have left the
         // cache, where the probe above finds the name it just made.
@@ -166,6 +183,15 @@ fn main() -> nodeshm::Result<()> {
             ));
         }
     }
+    let chase = [chase_before, host::chase_ns()];
+    println!(
+        "a pointer chase over 4 MiB: {:.0} ns a step before the levels, {:.0} after",
+        chase[0], chase[1]
+    );
+    rows.push(format!(
+        "{{\"live_names\":0,\"op\":\"chase-4mib\",\"before_ns\":{:.1},\"after_ns\":{:.1}}}",
+        chase[0], chase[1]
+    ));
     arena.verify()?;
     if let Some(path) = json_path {
         std::fs::write(&path, format!("[{}]\n", rows.join(",\n"))).map_err(|e| {

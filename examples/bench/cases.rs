@@ -26,6 +26,14 @@ pub const MIB: u64 = 1 << 20;
 /// The named case's row for [`line_transfer`]'s figure.
 pub const LINE_TRANSFER: &str = "cache line between ranks 0 and 1, one way";
 
+/// The named case's row for [`host::core_loop_ns`](crate::host::core_loop_ns), timed around
+/// the one-rank rows of each level.
+pub const CORE_LOOP: &str = "rank 0's core, a load/store loop (ns a step)";
+
+/// The named case's rows for [`host::chase_ns`](crate::host::chase_ns), timed before the
+/// first level and after the last (in between it would evict the lines being measured).
+pub const CHASE: &str = "rank 0, a pointer chase over 4 MiB (ns a step)";
+
 fn reduce(comm: &SimpleCommunicator, v: f64, op: SystemOperation) -> f64 {
     let mut out = 0f64;
     comm.all_reduce_into(&v, &mut out, op);
@@ -115,6 +123,11 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
         ctx.report
             .add("named", LINE_TRANSFER, "", "median", one_way, "ns");
     }
+    if rank == 0 {
+        let chase = crate::host::chase_ns();
+        ctx.report
+            .add("named", CHASE, "before", "median", chase, "ns");
+    }
     for &n in &[1usize, 1_000, 100_000] {
         if rank == 0 {
             while live.len() < n {
@@ -129,6 +142,7 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
         let param = format!("{n} live");
         // One rank alone; the others sleep (an MPI barrier would spin on the same cores).
         let (mut a, mut f, mut d) = (Vec::new(), Vec::new(), Vec::new());
+        let core_before = (rank == 0).then(crate::host::core_loop_ns);
         if rank == 0 {
             for i in 0..samples {
                 let name = format!("probe-{i}");
@@ -162,6 +176,12 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
                 alloc.deallocate(b).unwrap();
                 fd.push(t.elapsed());
             }
+        }
+        // Which of the host's speeds the one-rank rows were measured in.
+        if let Some(before) = core_before {
+            let core = (before + crate::host::core_loop_ns()) / 2.0;
+            ctx.report
+                .add("named", CORE_LOOP, &param, "median", core, "ns");
         }
         idle_barrier(ctx);
         for (op, v) in [
@@ -227,6 +247,11 @@ pub fn named(ctx: &mut Ctx) -> Vec<(f64, f64)> {
                 }
             }
         }
+    }
+    if rank == 0 {
+        let chase = crate::host::chase_ns();
+        ctx.report
+            .add("named", CHASE, "after", "median", chase, "ns");
     }
     world.barrier();
     for b in live {
