@@ -9,7 +9,7 @@
 //!
 //! The rows at 100,000 live names depend on a second thing the host shares out: how much of
 //! the last-level cache this VM keeps (the directory in use is 0.9 MB then). A pointer chase
-//! over 4 MiB took 12-18 ns a step in some minutes and 36-140 in others.
+//! over 4 MiB took 12-26 ns a step in some minutes and 72-176 in others.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -28,7 +28,7 @@ const CHASE_STEPS: usize = 100_000;
 
 /// Nanoseconds per step of a chase of dependent loads over 4 MiB of lines in a scattered
 /// order (a fixed-seed shuffle), median of 3 samples: where this VM's share of the caches
-/// ends (12-18 ns a step when 4 MiB stay in them on these hosts, 120-200 from memory).
+/// ends (12-26 ns a step when 4 MiB stay in them on these hosts, 120-230 from memory).
 pub fn chase_ns() -> f64 {
     let lines = CHASE_BYTES / 64;
     // One u64 per line, 8 a line: next[i * 8] is the line after line i.
