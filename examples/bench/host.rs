@@ -48,7 +48,7 @@ pub fn chase_ns() -> f64 {
     for _ in 0..lines {
         at = next[at];
     }
-    let mut samples: Vec<f64> = (0..3)
+    let samples: Vec<f64> = (0..3)
         .map(|_| {
             let start = Instant::now();
             for _ in 0..CHASE_STEPS {
@@ -58,8 +58,7 @@ pub fn chase_ns() -> f64 {
         })
         .collect();
     black_box(at);
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    median(samples)
 }
 
 /// Nanoseconds per step of a loop of four independent loads and one store over 16 KiB,
@@ -68,7 +67,7 @@ pub fn chase_ns() -> f64 {
 /// touches nothing shared and needs no other rank.
 pub fn core_loop_ns() -> f64 {
     let mut words: Vec<u64> = (0..WORDS as u64).collect();
-    let mut samples: Vec<f64> = (0..5)
+    let samples: Vec<f64> = (0..5)
         .map(|_| {
             let start = Instant::now();
             let (mut a, mut b, mut c, mut d) = (0u64, 0u64, 0u64, 0u64);
@@ -86,6 +85,11 @@ pub fn core_loop_ns() -> f64 {
             start.elapsed().as_nanos() as f64 / (PASSES * WORDS / 4) as f64
         })
         .collect();
+    median(samples)
+}
+
+/// The middle of an odd number of samples.
+fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
 }

@@ -129,7 +129,7 @@ pub(crate) fn info<M: Mem + ?Sized>(r: &M) -> ArenaInfo {
             .map(l::attacher_record)
             .filter_map(|slot| {
                 let pid = w(slot);
-                (pid != 0).then(|| (pid as u32, w(slot + 8)))
+                (pid != 0).then(|| (pid as u32, w(slot + l::ATTACHER_STARTED)))
             })
             .collect(),
         unlinked: w32(l::UNLINKED) != 0,

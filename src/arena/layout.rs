@@ -243,6 +243,8 @@ const _: () = assert!(UNDO_ENTRIES % 8 == 0 && UNDO_ENTRIES + UNDO_CAPACITY * 16
 pub const ATTACHERS: u64 = off!(attachers);
 /// Bytes of one attacher record: its pid, then its start time.
 const ATTACHER_RECORD: u64 = std::mem::size_of::<[u64; 2]>() as u64;
+/// Offset of the start time within an attacher record (the pid is at 0).
+pub const ATTACHER_STARTED: u64 = 8;
 /// Offset of attacher record `i` (below `ATTACHER_SLOTS`).
 pub const fn attacher_record(i: u64) -> u64 {
     ATTACHERS + i * ATTACHER_RECORD

@@ -339,7 +339,8 @@ impl Arena {
         for pass in 0..2 {
             for i in 0..l::ATTACHER_SLOTS as u64 {
                 let slot = l::attacher_record(i);
-                let (Some(pid), Some(started)) = (word(slot), word(slot + 8)) else {
+                let (Some(pid), Some(started)) = (word(slot), word(slot + l::ATTACHER_STARTED))
+                else {
                     continue;
                 };
                 let current = pid.load(Ordering::Acquire);
@@ -367,9 +368,10 @@ impl Arena {
         let r = self.region;
         match self.slot {
             Some(slot) => {
-                if let (Some(pid), Some(started)) =
-                    (r.atomic_header(slot), r.atomic_header(slot + 8))
-                {
+                if let (Some(pid), Some(started)) = (
+                    r.atomic_header(slot),
+                    r.atomic_header(slot + l::ATTACHER_STARTED),
+                ) {
                     started.store(0, Ordering::Release);
                     pid.store(0, Ordering::Release);
                 }
